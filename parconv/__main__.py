@@ -1,0 +1,5 @@
+import sys
+
+from parconv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,327 @@
+"""Processor grid, block distribution and halo index math (pure; no MPI).
+
+This module fixes *what* the grid algorithm of THEORY.md §6 moves, so that the planner
+(expected bytes), the MPI runtime (what it sends) and the simulator agree by
+construction and can be checked against each other.
+
+Grid ``P_b × P_k × P_c × P_h × P_w``; ranks are numbered row-major over
+``(i_b, i_k, i_c, i_h, i_w)`` (what ``MPI.Comm.Create_cart`` does). Rank
+``(i_b, i_k, i_c, i_h, i_w)`` computes the partial output
+``Out[b-block, k-block, h-block, w-block]`` over its c-block and all ``r, s``.
+
+Data layout (all blocks balanced: the first ``n mod p`` blocks get one extra element):
+
+* **Input, initially**: rank owns ``In[b-block(i_b), c-sub, rows-block(i_h), cols-block(i_w)]``
+  where rows/cols-blocks split the *input* extent into ``P_h``/``P_w`` blocks and
+  ``c-sub`` is part ``i_k`` of the c-block split ``P_k`` ways.
+* **Filter, initially**: rank owns ``F[k-sub, c-block(i_c), :, :]`` where ``k-sub`` is part
+  ``f = (i_b·P_h + i_h)·P_w + i_w`` of the k-block split ``P_b·P_h·P_w`` ways.
+* **Output, finally**: rank owns ``Out[b-block, k-sub', h-block, w-block]`` where
+  ``k-sub'`` is part ``i_c`` of the k-block split ``P_c`` ways.
+
+Operations (payload bytes counted by their semantics):
+
+1. ``input_allgather`` along the k-fiber (``P_k`` ranks sharing ``i_b, i_c, i_h, i_w``):
+   the owned input restricted to *used* rows/cols (those some output reads; stride
+   larger than the filter extent skips pixels), gathered over the c-block.
+2. ``input_halo`` within the (h, w) plane (ranks sharing ``i_b, i_k, i_c``): each rank
+   receives, directly from their owners (diagonal neighbours included), the input
+   elements its output block reads that it does not own. Halo widths can be negative
+   (owned rows never read) or exceed one neighbour's block.
+3. ``filter_allgather`` along the b·h·w-fiber (ranks sharing ``i_k, i_c``).
+4. ``output_reduce_scatter`` of accumulator-precision partial sums along the c-fiber
+   (ranks sharing ``i_b, i_k, i_h, i_w``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from .spec import ConvSpec
+
+#: Grid axes in rank order (slowest first).
+GRID_AXES = ("b", "k", "c", "h", "w")
+#: Communication operations, in execution order.
+OPERATIONS = ("input_allgather", "input_halo", "filter_allgather", "output_reduce_scatter")
+
+Range = tuple[int, int]
+
+
+def balanced_block(n: int, p: int, i: int) -> Range:
+    """Half-open range of block ``i`` when ``n`` items are split into ``p`` balanced
+    blocks (the first ``n mod p`` blocks get one extra item)."""
+    if not 0 <= i < p:
+        raise ValueError(f"block index {i} out of range for {p} blocks")
+    q, rem = divmod(n, p)
+    lo = i * q + min(i, rem)
+    return lo, lo + q + (1 if i < rem else 0)
+
+
+def block_sizes(n: int, p: int) -> np.ndarray:
+    """Sizes of the ``p`` balanced blocks of ``n`` items."""
+    q, rem = divmod(n, p)
+    return np.array([q + (1 if i < rem else 0) for i in range(p)], dtype=np.int64)
+
+
+def _len(r: Range) -> int:
+    return max(0, r[1] - r[0])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A 5-D processor grid ``b × k × c × h × w``."""
+
+    b: int = 1
+    k: int = 1
+    c: int = 1
+    h: int = 1
+    w: int = 1
+
+    def __post_init__(self) -> None:
+        for ax in GRID_AXES:
+            v = getattr(self, ax)
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"grid.{ax} must be a positive integer, got {v!r}")
+            object.__setattr__(self, ax, int(v))
+
+    @classmethod
+    def parse(cls, text: str) -> Grid:
+        """Parse ``BxKxCxHxW`` (e.g. ``2x1x3x1x1``)."""
+        parts = re.split(r"[x×,]", text.strip().lower())
+        if len(parts) != 5 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"grid {text!r}: expected five positive integers BxKxCxHxW, e.g. 2x1x2x1x1")
+        return cls(*(int(p) for p in parts))
+
+    @property
+    def dims(self) -> tuple[int, int, int, int, int]:
+        return (self.b, self.k, self.c, self.h, self.w)
+
+    @property
+    def size(self) -> int:
+        """Number of ranks P."""
+        return int(np.prod(self.dims))
+
+    def coords(self, rank: int) -> tuple[int, int, int, int, int]:
+        """Grid coordinates of a rank (row-major, as ``Create_cart``)."""
+        if not 0 <= rank < self.size:
+            raise ValueError(f"rank {rank} out of range for a grid of {self.size} ranks")
+        return tuple(int(v) for v in np.unravel_index(rank, self.dims))
+
+    def rank(self, coords) -> int:
+        """Rank of grid coordinates."""
+        return int(np.ravel_multi_index(tuple(coords), self.dims))
+
+    def as_dict(self) -> dict[str, int]:
+        return {ax: getattr(self, ax) for ax in GRID_AXES}
+
+    def __str__(self) -> str:
+        return "x".join(str(d) for d in self.dims)
+
+
+def check_grid(spec: ConvSpec, grid: Grid, procs: int | None = None) -> None:
+    """Reject a grid that cannot run ``spec``.
+
+    Raises
+    ------
+    ValueError
+        If the grid's product differs from ``procs`` or it splits a dimension into more
+        blocks than the dimension has items.
+    """
+    if procs is not None and grid.size != procs:
+        raise ValueError(f"grid {grid} has {grid.size} ranks but the job has {procs}")
+    limits = {"b": spec.B, "k": spec.K, "c": spec.C, "h": spec.H, "w": spec.W}
+    names = {"b": "batch", "k": "out-channels", "c": "in-channels", "h": "output height",
+             "w": "output width"}
+    for ax, n in limits.items():
+        if getattr(grid, ax) > n:
+            raise ValueError(f"grid {grid} splits {names[ax]} ({n}) into {getattr(grid, ax)} "
+                             f"blocks: at most {n} allowed")
+
+
+@dataclass(frozen=True)
+class RankLayout:
+    """Everything one rank owns, computes and needs (index ranges, half-open)."""
+
+    spec: ConvSpec
+    grid: Grid
+    coords: tuple[int, int, int, int, int]
+
+    @property
+    def rank(self) -> int:
+        return self.grid.rank(self.coords)
+
+    # compute blocks
+    @cached_property
+    def batch(self) -> Range:
+        return balanced_block(self.spec.B, self.grid.b, self.coords[0])
+
+    @cached_property
+    def out_channels(self) -> Range:
+        return balanced_block(self.spec.K, self.grid.k, self.coords[1])
+
+    @cached_property
+    def in_channels(self) -> Range:
+        return balanced_block(self.spec.C, self.grid.c, self.coords[2])
+
+    @cached_property
+    def out_rows(self) -> Range:
+        return balanced_block(self.spec.H, self.grid.h, self.coords[3])
+
+    @cached_property
+    def out_cols(self) -> Range:
+        return balanced_block(self.spec.W, self.grid.w, self.coords[4])
+
+    # initial input ownership
+    @cached_property
+    def own_rows(self) -> Range:
+        return balanced_block(self.spec.in_size[0], self.grid.h, self.coords[3])
+
+    @cached_property
+    def own_cols(self) -> Range:
+        return balanced_block(self.spec.in_size[1], self.grid.w, self.coords[4])
+
+    @cached_property
+    def input_channels_owned(self) -> Range:
+        lo, hi = self.in_channels
+        a, b = balanced_block(hi - lo, self.grid.k, self.coords[1])
+        return lo + a, lo + b
+
+    # initial filter ownership / final output ownership
+    @property
+    def filter_fiber_index(self) -> int:
+        ib, _, _, ih, iw = self.coords
+        return (ib * self.grid.h + ih) * self.grid.w + iw
+
+    @cached_property
+    def filter_out_channels_owned(self) -> Range:
+        lo, hi = self.out_channels
+        q = self.grid.b * self.grid.h * self.grid.w
+        a, b = balanced_block(hi - lo, q, self.filter_fiber_index)
+        return lo + a, lo + b
+
+    @cached_property
+    def output_out_channels_owned(self) -> Range:
+        lo, hi = self.out_channels
+        a, b = balanced_block(hi - lo, self.grid.c, self.coords[2])
+        return lo + a, lo + b
+
+    # input needed by the compute block
+    @cached_property
+    def need_rows(self) -> np.ndarray:
+        """Sorted input row indices read by this rank's output rows."""
+        return np.flatnonzero(self.spec.axes[0].used_mask(*self.out_rows))
+
+    @cached_property
+    def need_cols(self) -> np.ndarray:
+        return np.flatnonzero(self.spec.axes[1].used_mask(*self.out_cols))
+
+    @cached_property
+    def need_window(self) -> tuple[Range, Range]:
+        """Contiguous input window (rows, cols) covering what the output block reads."""
+        return self.spec.axes[0].window(*self.out_rows), self.spec.axes[1].window(*self.out_cols)
+
+    @cached_property
+    def own_used_rows(self) -> np.ndarray:
+        """Owned input rows that some output (any rank's) reads."""
+        lo, hi = self.own_rows
+        return lo + np.flatnonzero(_global_used(self.spec, 0)[lo:hi])
+
+    @cached_property
+    def own_used_cols(self) -> np.ndarray:
+        lo, hi = self.own_cols
+        return lo + np.flatnonzero(_global_used(self.spec, 1)[lo:hi])
+
+    # sizes
+    @property
+    def input_owned_shape(self) -> tuple[int, int, int, int]:
+        return (_len(self.batch), _len(self.input_channels_owned), _len(self.own_rows), _len(self.own_cols))
+
+    @property
+    def filter_owned_shape(self) -> tuple[int, int, int, int]:
+        return (_len(self.filter_out_channels_owned), _len(self.in_channels), self.spec.R, self.spec.S)
+
+    @property
+    def output_owned_shape(self) -> tuple[int, int, int, int]:
+        return (_len(self.batch), _len(self.output_out_channels_owned), _len(self.out_rows), _len(self.out_cols))
+
+    @property
+    def partial_output_shape(self) -> tuple[int, int, int, int]:
+        return (_len(self.batch), _len(self.out_channels), _len(self.out_rows), _len(self.out_cols))
+
+
+def _global_used(spec: ConvSpec, axis: int) -> np.ndarray:
+    return spec.axes[axis].used_mask()
+
+
+def layout(spec: ConvSpec, grid: Grid, rank: int) -> RankLayout:
+    """The layout of one rank."""
+    return RankLayout(spec, grid, grid.coords(rank))
+
+
+def _overlap(idx: np.ndarray, r: Range) -> int:
+    return int(np.count_nonzero((idx >= r[0]) & (idx < r[1])))
+
+
+def halo_counts(spec: ConvSpec, grid: Grid, rank: int) -> dict[int, tuple[int, int]]:
+    """Per-peer halo element counts for one rank: ``{peer_rank: (recv_elems, send_elems)}``
+    over the ranks of its (h, w) plane (peers with nothing to exchange omitted)."""
+    me = layout(spec, grid, rank)
+    ib, ik, ic, _, _ = me.coords
+    bc = _len(me.batch) * _len(me.in_channels)
+    out: dict[int, tuple[int, int]] = {}
+    for jh, jw in itertools.product(range(grid.h), range(grid.w)):
+        peer = grid.rank((ib, ik, ic, jh, jw))
+        if peer == rank:
+            continue
+        other = layout(spec, grid, peer)
+        recv = _overlap(me.need_rows, other.own_rows) * _overlap(me.need_cols, other.own_cols) * bc
+        send = _overlap(other.need_rows, me.own_rows) * _overlap(other.need_cols, me.own_cols) * bc
+        if recv or send:
+            out[peer] = (recv, send)
+    return out
+
+
+def rank_volume(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, tuple[int, int]]:
+    """Reference per-rank payload bytes ``{operation: (recv_bytes, send_bytes)}``.
+
+    The definition of what the algorithm moves; the planner's fast evaluation, the MPI
+    runtime's counters and the simulator must all equal it.
+    """
+    me = layout(spec, grid, rank)
+    p = spec.precision
+    pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
+    b, c_blk, c_own = _len(me.batch), _len(me.in_channels), _len(me.input_channels_owned)
+    plane = len(me.own_used_rows) * len(me.own_used_cols)
+    vol = {
+        "input_allgather": (pi * b * (c_blk - c_own) * plane, pi * (grid.k - 1) * b * c_own * plane),
+    }
+    halo = halo_counts(spec, grid, rank)
+    vol["input_halo"] = (pi * sum(r for r, _ in halo.values()), pi * sum(s for _, s in halo.values()))
+    k_blk, k_f = _len(me.out_channels), _len(me.filter_out_channels_owned)
+    q = grid.b * grid.h * grid.w
+    crs = c_blk * spec.R * spec.S
+    vol["filter_allgather"] = (pf * (k_blk - k_f) * crs, pf * (q - 1) * k_f * crs)
+    k_o = _len(me.output_out_channels_owned)
+    bhw = b * _len(me.out_rows) * _len(me.out_cols)
+    vol["output_reduce_scatter"] = (po * (grid.c - 1) * k_o * bhw, po * (k_blk - k_o) * bhw)
+    return vol
+
+
+def rank_memory_bytes(spec: ConvSpec, grid: Grid, rank: int) -> int:
+    """Peak bytes a rank holds: owned input, gathered input window, filter block,
+    accumulator-precision partial output and the owned final output."""
+    me = layout(spec, grid, rank)
+    p = spec.precision
+    (r0, r1), (c0, c1) = me.need_window
+    window = _len(me.batch) * _len(me.in_channels) * (r1 - r0) * (c1 - c0)
+    owned_in = int(np.prod(me.input_owned_shape))
+    filt = _len(me.out_channels) * _len(me.in_channels) * spec.R * spec.S
+    partial = int(np.prod(me.partial_output_shape))
+    final = int(np.prod(me.output_owned_shape))
+    return (p.p_input * (owned_in + window) + p.p_filter * filt + p.p_accum * partial
+            + p.p_output * final) // 8
