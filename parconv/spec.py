@@ -56,14 +56,10 @@ class Axis:
         return self.stride * out_idx + self.dilation * k_idx - self.padding
 
     def window(self, out_lo: int, out_hi: int) -> tuple[int, int]:
-        """Half-open input range [lo, hi) touched by outputs [out_lo, out_hi), clipped to
-        the real input (padding excluded). Empty ranges come back as (x, x)."""
-        if out_hi <= out_lo:
-            return (0, 0)
-        lo = self.input_index(out_lo, 0)
-        hi = self.input_index(out_hi - 1, self.kernel - 1) + 1
-        lo, hi = max(lo, 0), min(hi, self.in_size)
-        return (lo, hi) if hi > lo else (lo if lo < self.in_size else self.in_size,) * 2
+        """Smallest half-open input range [lo, hi) holding every real input index read by
+        outputs [out_lo, out_hi) (padding excluded). Empty reads give (0, 0)."""
+        idx = np.flatnonzero(self.used_mask(out_lo, out_hi))
+        return (int(idx[0]), int(idx[-1]) + 1) if idx.size else (0, 0)
 
     def used_mask(self, out_lo: int = 0, out_hi: int | None = None) -> np.ndarray:
         """Boolean mask over the input axis: True where some output in [out_lo, out_hi)
