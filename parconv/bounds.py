@@ -1,0 +1,358 @@
+"""Communication lower bounds for convolution (THEORY.md §3 and §5; proofs in
+``docs/theory.md``).
+
+All bounds are in **bits** internally (memory arguments are in **bytes** at the API and
+M = 8·bytes). Every bound counts only the *real* iterations (those reading a non-padding
+input element) and weights an output element by ``min(p_accum, p_output)``; both choices
+keep the bounds valid for schedules that skip padding taps or store finished outputs in a
+narrower type.
+
+The core solver is :func:`min_footprint_cost`: the least weighted footprint
+``p_I·I + p_F·F + p_O·O`` that admits ``v`` real iterations under (I1)-(I3) and the box
+limits. In log coordinates this is a convex program in 3 variables; it is solved by an
+exact closed form in (F, O) for fixed I and a convex 1-D search over log I. The result is
+shrunk by a relative safety margin so that it is a lower bound on the true minimum; that
+makes :func:`vstar` an upper bound on V*(Z), as validity requires.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .inequalities import (
+    I1,
+    NAMES,
+    Counts,
+    counts,
+    inequalities,
+    max_iterations,
+    real_iterations,
+)
+from .spec import ConvSpec
+
+__all__ = [
+    "Bound", "max_iterations", "vstar", "compulsory_bits", "sequential_bound",
+    "parallel_memory_dependent_bound", "parallel_memory_independent_bound",
+    "min_footprint_cost", "waterfill", "real_iterations",
+]
+
+#: Relative margin by which the numerically minimised footprint cost is shrunk (so it is a
+#: lower bound on the exact minimum; the 1-D search converges to ~1e-13).
+SAFETY = 1e-9
+_GRID = 17      # points per zoom round of the 1-D convex search
+_ROUNDS = 16    # zoom rounds: the bracket shrinks by (GRID-1)/2 = 8 per round
+
+
+@dataclass(frozen=True)
+class Bound:
+    """A lower bound on data movement.
+
+    Attributes
+    ----------
+    bits:
+        The lower bound in bits (may be <= 0: then it says nothing).
+    binding:
+        Which inequality / regime binds, e.g. ``"I1 (Loomis-Whitney, rho)"``,
+        ``"I2: |V|<=O*C*R*S"``, ``"compulsory"``, ``"3D"``, ``"2D"``, ``"1D"``.
+    vacuous:
+        True when ``bits <= 0`` (report it; never divide by it).
+    details:
+        Supporting numbers (optimal T, V*, footprints, water-filling y_j, λ, ...).
+    """
+
+    bits: float
+    binding: str
+    vacuous: bool
+    details: dict = field(default_factory=dict)
+
+    @property
+    def bytes(self) -> float:
+        """The bound in bytes."""
+        return self.bits / 8.0
+
+    def to_dict(self) -> dict:
+        """JSON-friendly form."""
+        return {"bits": self.bits, "bytes": self.bytes, "binding": self.binding,
+                "vacuous": self.vacuous, "details": self.details}
+
+
+# --------------------------------------------------------------------------------------
+# the footprint-cost solver
+# --------------------------------------------------------------------------------------
+def _inner(c: Counts, v: np.ndarray, i: np.ndarray):
+    """Exact min of p_F·F + p_O·O for fixed I (broadcast with v): returns (cost, F, O)."""
+    lo_f = np.maximum(v / c.bhw, v / i)                     # (I2) filter, (I3) F·I >= v
+    lo_o = np.maximum(v / c.crs, v / i)                     # (I2) output, (I3) O·I >= v
+    q = np.maximum(v * v / (c.rho * i), v)                  # (I1) and (I3) O·F >= v
+    corner = lo_f * lo_o >= q
+    fa = np.maximum(lo_f, q / c.out_used)
+    fb = np.maximum(fa, np.minimum(c.filter_used, q / lo_o))
+    fh = np.clip(np.sqrt(c.p_out * q / c.p_filter), fa, fb)
+    f = np.where(corner, lo_f, fh)
+    o = np.where(corner, lo_o, q / fh)
+    return c.p_in * i + c.p_filter * f + c.p_out * o, f, o
+
+
+def _solve(c: Counts, v: np.ndarray):
+    """Min footprint cost for each v (1-D array, 0 < v <= G_real): (cost, I, F, O)."""
+    v = np.asarray(v, dtype=float)
+    i_lo = np.maximum.reduce([v / (c.K * c.rho), v / c.filter_used, v / c.out_used,
+                              v * v / (c.rho * float(c.filter_used) * c.out_used)])
+    i_lo = np.minimum(i_lo, c.in_used)
+    a, b = np.log(i_lo), np.full_like(v, math.log(c.in_used))
+    t = np.linspace(0.0, 1.0, _GRID)
+    rows = np.arange(v.size)
+    for _ in range(_ROUNDS):
+        u = a[:, None] + (b - a)[:, None] * t[None, :]
+        g, _, _ = _inner(c, v[:, None], np.exp(u))
+        j = np.argmin(g, axis=1)
+        a = u[rows, np.maximum(j - 1, 0)]
+        b = u[rows, np.minimum(j + 1, _GRID - 1)]
+    u = a[:, None] + (b - a)[:, None] * t[None, :]
+    g, f, o = _inner(c, v[:, None], np.exp(u))
+    j = np.argmin(g, axis=1)
+    return g[rows, j], np.exp(u[rows, j]), f[rows, j], o[rows, j]
+
+
+def min_footprint_cost(spec: ConvSpec, v) -> np.ndarray | float:
+    """Lower bound (in bits) on ``min p_I·I + p_F·F + p_O·O`` over footprints that admit
+    ``v`` real iterations under (I1)-(I3) and the box limits; ``inf`` for v > G_real,
+    0 for v <= 0. Vectorised over ``v``."""
+    c = counts(spec)
+    varr = np.atleast_1d(np.asarray(v, dtype=float))
+    out = np.zeros_like(varr)
+    ok = (varr > 0) & (varr <= c.g_real)
+    out[varr > c.g_real] = np.inf
+    if ok.any():
+        out[ok] = _solve(c, varr[ok])[0] * (1.0 - SAFETY)
+    return float(out[0]) if np.ndim(v) == 0 else out
+
+
+def vstar(spec: ConvSpec, z_bits: float) -> float:
+    """V*(Z): an upper bound on the number of real iterations any set of iterations with
+    weighted footprint ``p_I·I + p_F·F + p_O·O <= Z`` (bits) can perform (THEORY.md §3).
+
+    Found by bisection on log v of the (strictly increasing) minimum footprint cost; the
+    returned v always has ``min_footprint_cost(v) > Z``, so it over-estimates V*.
+    """
+    c = counts(spec)
+    if z_bits <= 0:
+        return 0.0
+    if min_footprint_cost(spec, float(c.g_real)) <= z_bits:
+        return float(c.g_real)
+    lo, hi = 0.0, math.log(c.g_real)          # cost(e^lo = 1) may exceed Z: handle below
+    if min_footprint_cost(spec, 1.0) > z_bits:
+        lo = -60.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if min_footprint_cost(spec, math.exp(mid)) <= z_bits:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-13:
+            break
+    return math.exp(hi)
+
+
+def compulsory_bits(spec: ConvSpec) -> int:
+    """X_comp: every used input and filter element loaded once, every output stored once
+    (``p_I·|In_used| + p_F·|F_used| + min(p_accum, p_output)·|Out|``)."""
+    c = counts(spec)
+    return int(c.p_in * c.in_used + c.p_filter * c.filter_used + c.p_out * c.out_total)
+
+
+def _tight(spec: ConvSpec, v: float, i: float, f: float, o: float) -> list[str]:
+    """Inequalities tight (within 1e-6) at footprint (i, f, o) for v iterations."""
+    vals = inequalities(spec, i, f, o)
+    return [n for n in NAMES if float(vals[n]) <= v * (1 + 1e-6)]
+
+
+def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float):
+    """sup over T of (T - p_max)·(g_work / V*(2M + T) - 1), parametrised by v = V*:
+    T = cost(v) - 2M. Returns (bits, v, T, footprint)."""
+    c = counts(spec)
+    if g_work <= 0:
+        return 0.0, 0.0, 0.0, (0.0, 0.0, 0.0)
+    vmax = min(float(c.g_real), g_work)
+    best = (-math.inf, 0.0, 0.0)
+
+    def scan(vs: np.ndarray):
+        nonlocal best
+        vs = vs[(vs > 0) & (vs <= vmax)]
+        if vs.size == 0:
+            return
+        cost = min_footprint_cost(spec, vs)
+        t = cost - 2.0 * m_bits
+        val = np.where(t > c.p_max, (t - c.p_max) * (g_work / vs - 1.0), -math.inf)
+        k = int(np.argmax(val))
+        if val[k] > best[0]:
+            best = (float(val[k]), float(vs[k]), float(t[k]))
+
+    grid = np.geomspace(min(1.0, vmax), vmax, 241)
+    scan(grid)
+    for _ in range(3):
+        if best[1] <= 0:
+            break
+        lv = math.log(best[1])
+        step = (math.log(grid[1]) - math.log(grid[0])) if grid.size > 1 else 0.0
+        grid = np.exp(np.linspace(lv - step, lv + step, 41))
+        scan(grid)
+    bits, v, t = best
+    if not math.isfinite(bits):
+        return 0.0, 0.0, 0.0, (0.0, 0.0, 0.0)
+    _, i, f, o = _solve(c, np.array([v]))
+    return bits, v, t, (float(i[0]), float(f[0]), float(o[0]))
+
+
+def _closed_form_i1(c: Counts, g_work: float, m_bits: float) -> float:
+    """√2·G·sqrt(p_I p_F p_O/(ρ M)) − 4M: the segment bound with (I1) alone at T = 4M
+    (valid — (I1) alone over-estimates V* — but weaker than the numeric bound)."""
+    if m_bits <= 0 or g_work <= 0:
+        return 0.0
+    return (math.sqrt(2.0) * g_work * math.sqrt(c.p_in * c.p_filter * c.p_out / (c.rho * m_bits))
+            - 4.0 * m_bits)
+
+
+def _check_memory(memory_bytes: float) -> float:
+    m = float(memory_bytes)
+    if not math.isfinite(m) or m <= 0:
+        raise ValueError(f"memory must be a positive number of bytes, got {memory_bytes!r}")
+    return 8.0 * m
+
+
+def _check_procs(procs: int) -> int:
+    if isinstance(procs, bool) or int(procs) != procs or procs < 1:
+        raise ValueError(f"procs must be a positive integer, got {procs!r}")
+    return int(procs)
+
+
+def sequential_bound(spec: ConvSpec, memory_bytes: float) -> Bound:
+    """Single processor with a fast memory of ``memory_bytes`` (THEORY.md §3):
+    ``max(X_comp, sup_T (T − p_max)·(G_real/V*(2M+T) − 1))`` bits moved between slow and
+    fast memory (loads + stores).
+
+    Raises
+    ------
+    ValueError
+        If ``memory_bytes`` is not positive.
+    """
+    m = _check_memory(memory_bytes)
+    c = counts(spec)
+    xc = float(compulsory_bits(spec))
+    seg, v, t, (i, f, o) = _segment_bound(spec, float(c.g_real), m)
+    details = {
+        "memory_bits": m, "compulsory_bits": xc, "segment_bits": seg, "T_bits": t,
+        "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "g_real": c.g_real,
+        "rho": c.rho, "closed_form_I1_bits": _closed_form_i1(c, float(c.g_real), m),
+    }
+    if seg > xc:
+        tight = _tight(spec, v, i, f, o)
+        details["tight"] = tight
+        return Bound(seg, " + ".join(tight) or I1, seg <= 0, details)
+    return Bound(xc, "compulsory", xc <= 0, details)
+
+
+def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: float) -> Bound:
+    """P processors with ``memory_bytes`` each (THEORY.md §5): the segment bound of §3 for
+    the busiest processor, which performs at least G_real/P real iterations; counts the
+    bits it sends plus receives. No compulsory term (a processor may own its data).
+
+    Raises
+    ------
+    ValueError
+        If ``procs`` or ``memory_bytes`` is not positive.
+    """
+    p = _check_procs(procs)
+    m = _check_memory(memory_bytes)
+    c = counts(spec)
+    g_work = c.g_real / p
+    seg, v, t, (i, f, o) = _segment_bound(spec, g_work, m)
+    details = {"memory_bits": m, "procs": p, "iterations_per_proc": g_work, "T_bits": t,
+               "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "rho": c.rho,
+               "closed_form_I1_bits": _closed_form_i1(c, g_work, m)}
+    tight = _tight(spec, v, i, f, o) if seg > 0 else []
+    details["tight"] = tight
+    return Bound(seg, " + ".join(tight) if tight else "none (vacuous)", seg <= 0, details)
+
+
+def waterfill(spec: ConvSpec, procs: int) -> dict:
+    """The (I1)+(I2) water-filling of THEORY.md §5 for G_real/P iterations.
+
+    Returns
+    -------
+    dict
+        ``y_I, y_F, y_O`` (bits), ``c_I, c_F, c_O`` (the (I2) floors, bits), ``lambda``,
+        ``regime`` ("3D": no floor binds, "2D": one, "1D": two) and ``total`` (bits).
+    """
+    p = _check_procs(procs)
+    c = counts(spec)
+    g = c.g_real / p
+    if g <= 0:
+        return {"y_I": 0.0, "y_F": 0.0, "y_O": 0.0, "c_I": 0.0, "c_F": 0.0, "c_O": 0.0,
+                "lambda": 0.0, "regime": "3D", "total": 0.0}
+    floors = {"I": c.p_in * g / (c.K * c.rho), "F": c.p_filter * g / c.bhw,
+              "O": c.p_out * g / c.crs}
+    target = c.p_in * c.p_filter * c.p_out * g * g / c.rho   # Π y_j must reach this
+    order = sorted(floors, key=floors.get, reverse=True)
+    lam = target ** (1.0 / 3.0)
+    nbind = 0
+    if lam < floors[order[0]]:
+        nbind = 1
+        lam = math.sqrt(target / floors[order[0]])
+        if lam < floors[order[1]]:
+            nbind = 2
+            lam = target / (floors[order[0]] * floors[order[1]])
+    y = {j: max(floors[j], lam) for j in floors}
+    return {"y_I": y["I"], "y_F": y["F"], "y_O": y["O"], "c_I": floors["I"],
+            "c_F": floors["F"], "c_O": floors["O"], "lambda": lam,
+            "regime": ("3D", "2D", "1D")[nbind], "total": y["I"] + y["F"] + y["O"]}
+
+
+def owned_bits(spec: ConvSpec, procs: int) -> float:
+    """The most one processor owns under an even initial/final distribution:
+    ``p_I·⌈|In|/P⌉ + p_F·⌈|F|/P⌉ + p_O·⌈|Out|/P⌉`` (full arrays: the conservative share)."""
+    p = _check_procs(procs)
+    c = counts(spec)
+    return (c.p_in * -(-c.in_total // p) + c.p_filter * -(-c.filter_total // p)
+            + c.p_out * -(-c.out_total // p))
+
+
+def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
+    """Memory-independent bound for P processors (THEORY.md §5): the busiest processor
+    performs >= G_real/P real iterations, so it touches footprints costing at least the
+    minimum footprint cost, of which it owns at most :func:`owned_bits`; the rest it must
+    receive (inputs, filters) or send (output contributions).
+
+    ``bits = max(water-filling total, full solver) − owned``: the closed-form
+    water-filling uses (I1)+(I2) only; the full solver adds (I3) and the box limits
+    (i <= |In_used|, ...), so it is >= the water-filling and also valid.
+    ``details`` has ``y_I, y_F, y_O`` (bits), ``lambda``, ``regime``, ``owned_bits``.
+
+    Raises
+    ------
+    ValueError
+        If ``procs`` is not a positive integer.
+    """
+    p = _check_procs(procs)
+    c = counts(spec)
+    wf = waterfill(spec, p)
+    g = c.g_real / p
+    full = float(min_footprint_cost(spec, g))
+    i, f, o = (np.zeros(1),) * 3
+    if g > 0:
+        _, i, f, o = _solve(c, np.array([g]))
+    owned = owned_bits(spec, p)
+    need = max(wf["total"], full)
+    bits = need - owned
+    binding = wf["regime"]
+    if full > wf["total"] * (1 + 1e-6):
+        binding += " + box/I3 limits"
+    details = dict(wf)
+    details.update({"procs": p, "iterations_per_proc": g, "owned_bits": owned,
+                    "waterfill_bits": wf["total"], "full_solver_bits": full,
+                    "footprint": {"I": float(i[0]), "F": float(f[0]), "O": float(o[0])},
+                    "rho": c.rho})
+    return Bound(bits, binding, bits <= 0, details)
