@@ -1,0 +1,111 @@
+"""``parconv plan``: choose the processor grid for a layer and show every rank's bytes."""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import (
+    add_json_arg,
+    add_layer_args,
+    add_memory_arg,
+    add_procs_arg,
+    emit_json,
+    memory_from_args,
+    spec_from_args,
+    table,
+)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "plan", help="choose the processor grid minimising the busiest rank's received bytes",
+        description="Choose the grid P_b x P_k x P_c x P_h x P_w for P ranks that minimises the "
+                    "maximum over ranks of received bytes (exact, uneven blocks and halos "
+                    "included), compare it with the memory-independent lower bound and the "
+                    "fixed strategies, and list each rank's bytes per operation.")
+    add_layer_args(p)
+    add_procs_arg(p, default=4)
+    add_memory_arg(p, help_="per-rank memory limit, e.g. 1MiB (grids whose busiest rank needs "
+                            "more are excluded; default: no limit)")
+    p.add_argument("--grid", default="auto", metavar="auto|BxKxCxHxW",
+                   help="'auto' (default) searches all grids; BxKxCxHxW evaluates that grid")
+    p.add_argument("--show-ranks", type=int, default=16, metavar="N",
+                   help="ranks listed in the table (default 16; the JSON lists all)")
+    add_json_arg(p)
+    p.set_defaults(func=run)
+
+
+def build_payload(args: argparse.Namespace):
+    """The plan, the strategies and the JSON payload for the parsed arguments."""
+    from ..partition import Grid
+    from ..plan import plan, plan_for_grid
+    from ..strategies import all_strategies
+
+    spec = spec_from_args(args)
+    memory = memory_from_args(args)
+    if args.procs is None or args.procs < 1:
+        raise ValueError(f"--procs must be a positive integer, got {args.procs}")
+    if args.grid == "auto":
+        pl = plan(spec, args.procs, memory)
+    else:
+        grid = Grid.parse(args.grid)
+        if grid.size != args.procs:
+            raise ValueError(f"--grid {grid} has {grid.size} ranks but --procs is {args.procs}")
+        pl = plan_for_grid(spec, grid, memory)
+    strategies = all_strategies(spec, args.procs, memory)
+    payload = pl.to_dict(include_ranks=args.json is not None)
+    payload["strategies"] = {k: (None if v is None else v.max_rank_recv_bytes)
+                             for k, v in strategies.items()}
+    payload["strategy_grids"] = {k: (None if v is None else v.to_dict()) for k, v in strategies.items()}
+    return pl, strategies, payload
+
+
+def _b(n) -> str:
+    from ..units import format_bytes
+
+    return f"{int(n)} B ({format_bytes(n)})" if n >= 1024 else f"{int(n)} B"
+
+
+def run(args: argparse.Namespace) -> int:
+    pl, strategies, payload = build_payload(args)
+    if args.json is not None:
+        emit_json(args, payload)
+        return 0
+    from ..partition import OPERATIONS
+
+    g = pl.grid
+    print(f"layer   {pl.spec.describe()}")
+    lim = "none" if pl.memory_limit_bytes is None else _b(pl.memory_limit_bytes)
+    print(f"procs   {pl.procs}   (per-rank memory limit: {lim})")
+    print(f"grid    {g}  (b={g.b} k={g.k} c={g.c} h={g.h} w={g.w})"
+          + ("" if args.grid == "auto" else "  [given]"))
+    print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}")
+    print(f"total received bytes      {_b(pl.total_recv_bytes)}")
+    print(f"max-rank memory           {_b(pl.max_rank_memory_bytes)}")
+    if pl.lower_bound_bytes:
+        print(f"memory-independent bound  {_b(pl.lower_bound_bytes)}  (binding: "
+              f"{pl.bound.get('binding')})  ratio {pl.ratio_to_bound:.3f}")
+    else:
+        print(f"memory-independent bound  vacuous at P={pl.procs} ({pl.bound.get('bytes', 0):.4g} B)")
+    rows = []
+    for name, r in strategies.items():
+        if r is None:
+            rows.append([name, "infeasible", "-", "-"])
+        else:
+            grid = "x".join(f"{k}{v}" for k, v in r.grid.items() if v > 1) or "1"
+            rows.append([name, grid, r.max_rank_recv_bytes,
+                         f"{r.max_rank_recv_bytes / max(pl.max_rank_recv_bytes, 1):.2f}"])
+    print("\nfixed strategies (best grid of each family; same accounting)")
+    print(table(rows, ["strategy", "grid", "max-rank recv B", "x planned"]))
+    vols = pl.rank_volumes()
+    n = min(pl.procs, max(args.show_ranks, 0))
+    if n:
+        head = ["rank", "coords"] + [op.replace("output_", "") for op in OPERATIONS] + ["recv B", "send B", "memory B"]
+        rows = [[r, ",".join(str(c) for c in g.coords(r))]
+                + [int(vols[op + ".recv"][r]) for op in OPERATIONS]
+                + [int(vols["recv_bytes"][r]), int(vols["send_bytes"][r]), int(vols["memory_bytes"][r])]
+                for r in range(n)]
+        more = f", first {n} of {pl.procs}" if n < pl.procs else ""
+        print(f"\nper-rank received bytes per operation (b,k,c,h,w coords{more})")
+        print(table(rows, head))
+    return 0

@@ -1,0 +1,492 @@
+"""The processor-grid planner: exact per-rank volumes and the grid search.
+
+For the grid algorithm of THEORY.md §6, as fixed by :mod:`parconv.partition`, this module
+
+* evaluates every rank's payload bytes per operation **exactly** (uneven blocks, halos,
+  stride skips) with vectorised numpy — the numbers equal
+  :func:`parconv.partition.rank_volume` rank by rank (tested);
+* evaluates the **maximum over ranks** of received bytes and of memory fast, without
+  visiting every rank: a rank's volume depends only on each axis's *block class* (balanced
+  blocks have at most two sizes; spatial blocks also differ by halo and stride phase), so
+  it evaluates one representative per product of classes (see :func:`_class_indices`);
+* searches all ordered factorisations ``P = P_b·P_k·P_c·P_h·P_w`` (each factor at most its
+  dimension) for the grid minimising the maximum over ranks of received bytes, ties
+  broken by total bytes, then fewer split dimensions, then fewer spatial splits. Grids
+  are visited in order of a closed-form average (a lower bound on the maximum), so most
+  are pruned without evaluation.
+
+A :class:`Plan` is a plain value: grid, bound, every rank's blocks, halos and bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property, lru_cache
+from typing import Any
+
+import numpy as np
+
+from .partition import GRID_AXES, OPERATIONS, Grid, balanced_block, block_sizes, check_grid
+from .spec import Axis, ConvSpec
+
+# ----------------------------------------------------------------------------- axis tables
+
+
+def _block_of(idx: np.ndarray, n: int, p: int) -> np.ndarray:
+    """Balanced block (of ``p`` over ``n`` items) holding each index in ``idx``."""
+    q, rem = divmod(n, p)
+    big = rem * (q + 1)
+    if q == 0:
+        return idx // 1
+    return np.where(idx < big, idx // (q + 1), rem + (idx - big) // q)
+
+
+@dataclass(frozen=True)
+class AxisTable:
+    """Per-block facts of one spatial axis split into ``p`` blocks (arrays of length p).
+
+    ``out``: output rows of the block; ``own``: input rows owned; ``used``: owned rows
+    that some output reads; ``need``: distinct input rows the block's outputs read;
+    ``self_need``: those among them it owns; ``sent``: rows it owns that other blocks read,
+    counted once per reading block (including itself); ``win``: extent of the contiguous
+    input window; ``classes``: the largest index of each class of blocks with identical
+    (out, own, used, need, self_need, win); ``pairs``: (reader block, owner block, rows)
+    of every non-empty overlap between what a block reads and what a block owns.
+    """
+
+    out: np.ndarray
+    own: np.ndarray
+    used: np.ndarray
+    need: np.ndarray
+    self_need: np.ndarray
+    sent: np.ndarray
+    win: np.ndarray
+    classes: np.ndarray
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@lru_cache(maxsize=4096)
+def axis_table(axis: Axis, p: int) -> AxisTable:
+    """Exact per-block facts of ``axis`` split into ``p`` balanced blocks (cached)."""
+    n_out, n_in = axis.out_size, axis.in_size
+    h = np.repeat(np.arange(n_out, dtype=np.int64), axis.kernel)
+    x = axis.input_index(h, np.tile(np.arange(axis.kernel, dtype=np.int64), n_out))
+    keep = (x >= 0) & (x < n_in)
+    blk = _block_of(h[keep], n_out, p)
+    key = np.unique(blk * n_in + x[keep])          # distinct (reader block, input row)
+    rb, xr = key // n_in, key % n_in
+    owner = _block_of(xr, n_in, p)
+    need = np.bincount(rb, minlength=p)
+    self_need = np.bincount(rb[owner == rb], minlength=p)
+    sent = np.bincount(owner, minlength=p)
+    used_rows = np.unique(xr)
+    used = np.bincount(_block_of(used_rows, n_in, p), minlength=p)
+    lo = np.full(p, n_in, dtype=np.int64)
+    hi = np.full(p, -1, dtype=np.int64)
+    np.minimum.at(lo, rb, xr)
+    np.maximum.at(hi, rb, xr)
+    win = np.where(need > 0, hi - lo + 1, 0)
+    out, own = block_sizes(n_out, p), block_sizes(n_in, p)
+    feats = np.stack([out, own, used, need, self_need, win], axis=1)
+    _, inv = np.unique(feats, axis=0, return_inverse=True)
+    inv = inv.ravel()
+    cls_max = np.full(inv.max() + 1, -1, dtype=np.int64)
+    np.maximum.at(cls_max, inv, np.arange(p))
+    pk, cnt = np.unique(rb * p + owner, return_counts=True)
+    return AxisTable(out, own, used, need, self_need, sent, win, np.sort(cls_max),
+                     (pk // p, pk % p, cnt))
+
+
+def _interval_max(p: int, thresholds) -> np.ndarray:
+    """Largest index of each interval of ``[0, p)`` cut at the given thresholds."""
+    cuts = sorted({int(t) for t in thresholds if 0 < t < p} | {p})
+    return np.array(cuts, dtype=np.int64) - 1
+
+
+def _class_indices(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, ...]:
+    """One index per block class on each grid axis, enough for the exact maximum.
+
+    A rank's volume is a function of ``(ib, ik, ic, ih, iw)`` through: the b-block size
+    (a threshold at ``B mod P_b``); the k-block size and, for each c-block size ``v``, the
+    part of ``v`` owned (threshold ``v mod P_k``); the c-block size and, for each k-block
+    size ``u``, the output part owned (threshold ``u mod P_c``); the spatial block class;
+    and the filter part owned, which is larger exactly when the fiber index
+    ``f = (ib·P_h + ih)·P_w + iw`` is below ``k_blk mod (P_b·P_h·P_w)``. Within a product of
+    classes ``f`` is largest at the largest index of each class, and that rank receives
+    the most (smallest filter part). So the maximum over ranks is the maximum over the
+    largest index of each class — an exact reduction, not an estimate.
+    """
+    kvals = set(block_sizes(spec.K, grid.k).tolist())
+    cvals = set(block_sizes(spec.C, grid.c).tolist())
+    ib = _interval_max(grid.b, [spec.B % grid.b])
+    ik = _interval_max(grid.k, [spec.K % grid.k] + [v % grid.k for v in cvals])
+    ic = _interval_max(grid.c, [spec.C % grid.c] + [u % grid.c for u in kvals])
+    ih = axis_table(spec.axes[0], grid.h).classes
+    iw = axis_table(spec.axes[1], grid.w).classes
+    return ib, ik, ic, ih, iw
+
+
+# ----------------------------------------------------------------------------- volumes
+
+
+def _split(n: int, p: int, i: np.ndarray) -> np.ndarray:
+    """Size of block ``i`` of ``n`` split into ``p`` balanced blocks (vectorised over n, i)."""
+    return n // p + (i < n % p)
+
+
+def _fields(spec: ConvSpec, grid: Grid, idx: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """Broadcastable per-rank quantities at the index arrays ``idx = (ib, ik, ic, ih, iw)``."""
+    shp = [(-1, 1, 1, 1, 1), (1, -1, 1, 1, 1), (1, 1, -1, 1, 1), (1, 1, 1, -1, 1), (1, 1, 1, 1, -1)]
+    ib, ik, ic, ih, iw = (np.asarray(a, dtype=np.int64).reshape(s) for a, s in zip(idx, shp))
+    th, tw = axis_table(spec.axes[0], grid.h), axis_table(spec.axes[1], grid.w)
+    q = grid.b * grid.h * grid.w
+    kblk, cblk = _split(spec.K, grid.k, ik), _split(spec.C, grid.c, ic)
+    f = (ib * grid.h + ih) * grid.w + iw
+    return {
+        "b": _split(spec.B, grid.b, ib), "kblk": kblk, "cblk": cblk,
+        "cown": _split(cblk, grid.k, ik), "ko": _split(kblk, grid.c, ic), "kf": _split(kblk, q, f),
+        "hs": th.out[ih] * tw.out[iw], "own": th.own[ih] * tw.own[iw],
+        "used": th.used[ih] * tw.used[iw], "need": th.need[ih] * tw.need[iw],
+        "self": th.self_need[ih] * tw.self_need[iw], "sent": th.sent[ih] * tw.sent[iw],
+        "win": th.win[ih] * tw.win[iw], "q": q,
+    }
+
+
+def _volumes(spec: ConvSpec, grid: Grid, idx, send: bool = True) -> dict[str, tuple]:
+    """Per-operation (recv, send) byte arrays at the index arrays ``idx`` (send may be None)."""
+    F = _fields(spec, grid, idx)
+    p = spec.precision
+    pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
+    b, cblk, kblk, rs = F["b"], F["cblk"], F["kblk"], spec.R * spec.S
+    bhw = b * F["hs"]
+    vol = {
+        "input_allgather": (pi * b * (cblk - F["cown"]) * F["used"],
+                            pi * (grid.k - 1) * b * F["cown"] * F["used"] if send else None),
+        "input_halo": (pi * b * cblk * (F["need"] - F["self"]),
+                       pi * b * cblk * (F["sent"] - F["self"]) if send else None),
+        "filter_allgather": (pf * (kblk - F["kf"]) * cblk * rs,
+                             pf * (F["q"] - 1) * F["kf"] * cblk * rs if send else None),
+        "output_reduce_scatter": (po * (grid.c - 1) * F["ko"] * bhw,
+                                  po * (kblk - F["ko"]) * bhw if send else None),
+    }
+    return vol
+
+
+def _memory_bits(spec: ConvSpec, grid: Grid, idx) -> np.ndarray:
+    """Per-rank peak memory in bits (as :func:`parconv.partition.rank_memory_bytes` × 8)."""
+    F = _fields(spec, grid, idx)
+    p = spec.precision
+    b, cblk, kblk = F["b"], F["cblk"], F["kblk"]
+    return (p.p_input * (b * F["cown"] * F["own"] + b * cblk * F["win"])
+            + p.p_filter * kblk * cblk * spec.R * spec.S + p.p_accum * b * kblk * F["hs"]
+            + p.p_output * b * F["ko"] * F["hs"])
+
+
+def _all_indices(grid: Grid) -> tuple[np.ndarray, ...]:
+    return tuple(np.arange(d, dtype=np.int64) for d in grid.dims)
+
+
+def total_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
+    """Sum over ranks of received bytes (closed form; equals the sum of the per-rank
+    volumes, tested)."""
+    p = spec.precision
+    pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
+    th, tw = axis_table(spec.axes[0], grid.h), axis_table(spec.axes[1], grid.w)
+    q = grid.b * grid.h * grid.w
+    used = int(th.used.sum()) * int(tw.used.sum())
+    halo = int(th.need.sum()) * int(tw.need.sum()) - int(th.self_need.sum()) * int(tw.self_need.sum())
+    return (pi * (grid.k - 1) * spec.B * spec.C * used + pi * grid.k * spec.B * spec.C * halo
+            + pf * (q - 1) * spec.K * spec.C * spec.R * spec.S
+            + po * (grid.c - 1) * spec.K * spec.B * spec.H * spec.W)
+
+
+def max_rank_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
+    """Exact maximum over ranks of received bytes (all operations), via block classes."""
+    vol = _volumes(spec, grid, _class_indices(spec, grid), send=False)
+    return int(sum(r for r, _ in vol.values()).max())
+
+
+def max_rank_memory_bytes(spec: ConvSpec, grid: Grid) -> int:
+    """Exact maximum over ranks of :func:`parconv.partition.rank_memory_bytes`."""
+    return int(_memory_bits(spec, grid, _class_indices(spec, grid)).max()) // 8
+
+
+# ----------------------------------------------------------------------------- grid search
+
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def candidate_grids(spec: ConvSpec, procs: int, axes: tuple[str, ...] = GRID_AXES) -> list[Grid]:
+    """All grids of ``procs`` ranks splitting only ``axes``, each factor at most its
+    dimension (b ≤ B, k ≤ K, c ≤ C, h ≤ H, w ≤ W)."""
+    if procs < 1:
+        raise ValueError(f"procs must be a positive integer, got {procs}")
+    limits = {"b": spec.B, "k": spec.K, "c": spec.C, "h": spec.H, "w": spec.W}
+    caps = [limits[a] if a in axes else 1 for a in GRID_AXES]
+    divs = _divisors(procs)
+    out: list[Grid] = []
+
+    def rec(i: int, rest: int, acc: list[int]) -> None:
+        if i == 4:
+            if rest <= caps[4]:
+                out.append(Grid(*acc, rest))
+            return
+        for d in divs:
+            if d > rest or d > caps[i]:
+                break
+            if rest % d == 0:
+                rec(i + 1, rest // d, acc + [d])
+
+    rec(0, procs, [])
+    return out
+
+
+def _tie_key(grid: Grid) -> tuple:
+    return (sum(d > 1 for d in grid.dims), (grid.h > 1) + (grid.w > 1), grid.h * grid.w, grid.dims)
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """Best grid of a search with its exact figures."""
+
+    grid: Grid
+    max_rank_recv_bytes: int
+    total_recv_bytes: int
+    max_rank_memory_bytes: int
+    candidates: int
+    evaluated: int
+
+
+def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
+              axes: tuple[str, ...] = GRID_AXES) -> SearchResult | None:
+    """The grid minimising (max-rank recv, total recv, split dims, spatial splits) among
+    :func:`candidate_grids` whose max-rank memory fits ``memory_bytes``; None if none does.
+
+    Exact: a grid is skipped only when its average received bytes (a lower bound on its
+    maximum) already exceeds the best maximum found.
+    """
+    grids = candidate_grids(spec, procs, axes)
+    avgs = [total_recv_bytes(spec, g) / procs for g in grids]
+    order = sorted(range(len(grids)), key=lambda i: (avgs[i], _tie_key(grids[i])))
+    best: tuple | None = None
+    evaluated = 0
+    for i in order:
+        g = grids[i]
+        if best is not None and avgs[i] > best[0]:
+            break
+        evaluated += 1
+        mx = max_rank_recv_bytes(spec, g)
+        if best is not None and mx > best[0]:
+            continue
+        mem = max_rank_memory_bytes(spec, g)
+        if memory_bytes is not None and mem > memory_bytes:
+            continue
+        key = (mx, int(round(avgs[i] * procs)), _tie_key(g))
+        if best is None or key < best[:3]:
+            best = (*key, g, mem)
+    if best is None:
+        return None
+    mx, tot, _, g, mem = best
+    return SearchResult(g, mx, tot, mem, len(grids), evaluated)
+
+
+def min_memory_grid(spec: ConvSpec, procs: int) -> tuple[Grid, int] | None:
+    """The grid needing the least per-rank memory (max over ranks), for error messages."""
+    grids = candidate_grids(spec, procs)
+    if not grids:
+        return None
+    mems = [max_rank_memory_bytes(spec, g) for g in grids]
+    i = int(np.argmin(mems))
+    return grids[i], mems[i]
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A grid for one layer with every rank's exact expected bytes (a plain value).
+
+    ``lower_bound_bytes`` is the memory-independent bound of :mod:`parconv.bounds` for
+    ``P`` ranks, or None when that bound is vacuous (≤ 0); ``bound`` keeps its details.
+    """
+
+    spec: ConvSpec
+    grid: Grid
+    max_rank_recv_bytes: int
+    lower_bound_bytes: float | None
+    total_recv_bytes: int = 0
+    max_rank_memory_bytes: int = 0
+    memory_limit_bytes: int | None = None
+    bound: dict[str, Any] = field(default_factory=dict)
+    search: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def procs(self) -> int:
+        return self.grid.size
+
+    @property
+    def ratio_to_bound(self) -> float | None:
+        """Planned max-rank received bytes ÷ memory-independent bound (None if vacuous)."""
+        if not self.lower_bound_bytes:
+            return None
+        return self.max_rank_recv_bytes / self.lower_bound_bytes
+
+    @cached_property
+    def _arrays(self) -> dict[str, np.ndarray]:
+        idx = _all_indices(self.grid)
+        shape = self.grid.dims
+        out = {}
+        for op, (r, s) in _volumes(self.spec, self.grid, idx).items():
+            out[op + ".recv"] = np.broadcast_to(r, shape).ravel()
+            out[op + ".send"] = np.broadcast_to(s, shape).ravel()
+        out["memory"] = np.broadcast_to(_memory_bits(self.spec, self.grid, idx), shape).ravel() // 8
+        return out
+
+    def rank_volumes(self) -> dict[str, np.ndarray]:
+        """Arrays over ranks (rank order): ``recv_bytes``, ``send_bytes``, ``memory_bytes``
+        and ``<op>.recv`` / ``<op>.send`` for each operation."""
+        a = dict(self._arrays)
+        a["recv_bytes"] = sum(a[op + ".recv"] for op in OPERATIONS)
+        a["send_bytes"] = sum(a[op + ".send"] for op in OPERATIONS)
+        a["memory_bytes"] = a.pop("memory")
+        return a
+
+    def halos(self, r: int) -> dict[int, tuple[int, int]]:
+        """Halo bytes ``{peer_rank: (recv, send)}`` of rank ``r`` (as
+        :func:`parconv.partition.halo_counts`, in bytes)."""
+        s, g = self.spec, self.grid
+        ib, ik, ic, ih, iw = g.coords(r)
+        bc = (balanced_block(s.B, g.b, ib), balanced_block(s.C, g.c, ic))
+        scale = (bc[0][1] - bc[0][0]) * (bc[1][1] - bc[1][0]) * (s.precision.p_input // 8)
+        th, tw = axis_table(s.axes[0], g.h), axis_table(s.axes[1], g.w)
+
+        def rows(t: AxisTable, i: int, reader: bool) -> dict[int, int]:
+            rd, ow, cnt = t.pairs
+            sel = (rd == i) if reader else (ow == i)
+            other = ow[sel] if reader else rd[sel]
+            return dict(zip(other.tolist(), cnt[sel].tolist()))
+
+        out: dict[int, list[int]] = {}
+        for slot, reader in ((0, True), (1, False)):
+            rh, rw = rows(th, ih, reader), rows(tw, iw, reader)
+            for jh, nh in rh.items():
+                for jw, nw in rw.items():
+                    if (jh, jw) != (ih, iw):
+                        peer = g.rank((ib, ik, ic, jh, jw))
+                        out.setdefault(peer, [0, 0])[slot] += nh * nw * scale
+        return {p: (v[0], v[1]) for p, v in sorted(out.items())}
+
+    def rank(self, r: int) -> dict[str, Any]:
+        """One rank: coordinates, blocks (half-open ranges), bytes per operation, total
+        received/sent bytes, halo peers and peak memory."""
+        from .partition import layout
+
+        me = layout(self.spec, self.grid, r)
+        a = self._arrays
+        ops = {op: {"recv_bytes": int(a[op + ".recv"][r]), "send_bytes": int(a[op + ".send"][r])}
+               for op in OPERATIONS}
+        blocks = {
+            "batch": me.batch, "out_channels": me.out_channels, "in_channels": me.in_channels,
+            "out_rows": me.out_rows, "out_cols": me.out_cols, "own_rows": me.own_rows,
+            "own_cols": me.own_cols, "input_channels_owned": me.input_channels_owned,
+            "filter_out_channels_owned": me.filter_out_channels_owned,
+            "output_out_channels_owned": me.output_out_channels_owned,
+            "input_window_rows": me.need_window[0], "input_window_cols": me.need_window[1],
+        }
+        return {
+            "rank": r,
+            "coords": dict(zip(GRID_AXES, me.coords)),
+            "blocks": {k: list(v) for k, v in blocks.items()},
+            "recv_bytes": sum(v["recv_bytes"] for v in ops.values()),
+            "send_bytes": sum(v["send_bytes"] for v in ops.values()),
+            "operations": ops,
+            "halo": {str(p): {"recv_bytes": rv, "send_bytes": sd}
+                     for p, (rv, sd) in self.halos(r).items()},
+            "memory_bytes": int(a["memory"][r]),
+        }
+
+    def ranks(self) -> list[dict[str, Any]]:
+        """:meth:`rank` for every rank, in rank order."""
+        return [self.rank(r) for r in range(self.procs)]
+
+    def to_dict(self, include_ranks: bool = True) -> dict[str, Any]:
+        """JSON-friendly form (``ranks`` omitted when ``include_ranks`` is false)."""
+        d: dict[str, Any] = {
+            "layer": self.spec.to_dict(),
+            "procs": self.procs,
+            "grid": self.grid.as_dict(),
+            "max_rank_recv_bytes": self.max_rank_recv_bytes,
+            "total_recv_bytes": self.total_recv_bytes,
+            "max_rank_memory_bytes": self.max_rank_memory_bytes,
+            "memory_limit_bytes": self.memory_limit_bytes,
+            "lower_bound_bytes": self.lower_bound_bytes,
+            "ratio_to_bound": self.ratio_to_bound,
+            "bound": self.bound,
+            "search": self.search,
+        }
+        if include_ranks:
+            d["ranks"] = self.ranks()
+        return d
+
+
+def _bound_info(spec: ConvSpec, procs: int) -> tuple[float | None, dict[str, Any]]:
+    from .bounds import parallel_memory_independent_bound
+
+    bd = parallel_memory_independent_bound(spec, procs)
+    info = {"bytes": float(bd.bytes), "binding": bd.binding, "vacuous": bool(bd.vacuous)}
+    return (None if bd.vacuous or bd.bytes <= 0 else float(bd.bytes)), info
+
+
+def plan_for_grid(spec: ConvSpec, grid: Grid, memory_bytes: int | None = None) -> Plan:
+    """The plan for a given grid.
+
+    Raises
+    ------
+    ValueError
+        If the grid splits a dimension into more blocks than it has items, or (with
+        ``memory_bytes``) some rank needs more memory than that.
+    """
+    check_grid(spec, grid)
+    mem = max_rank_memory_bytes(spec, grid)
+    if memory_bytes is not None and mem > memory_bytes:
+        raise ValueError(f"grid {grid} needs {mem} bytes on its busiest rank, more than "
+                         f"--memory {memory_bytes} bytes")
+    lb, info = _bound_info(spec, grid.size)
+    return Plan(spec, grid, max_rank_recv_bytes(spec, grid), lb, total_recv_bytes(spec, grid),
+                mem, memory_bytes, info, {"candidates": 1, "evaluated": 1})
+
+
+def plan(spec: ConvSpec, procs: int, memory_bytes: int | None = None) -> Plan:
+    """The grid of ``procs`` ranks minimising the maximum over ranks of received bytes.
+
+    Ties go to fewer total bytes, then fewer split dimensions, then fewer spatial splits.
+    With ``memory_bytes``, grids whose busiest rank needs more memory are excluded.
+
+    Raises
+    ------
+    ValueError
+        If ``procs`` is not positive, no grid of ``procs`` ranks fits the layer's
+        dimensions, or none fits in ``memory_bytes`` (the message names the memory the
+        least demanding grid needs).
+    """
+    if not isinstance(procs, (int, np.integer)) or procs < 1:
+        raise ValueError(f"procs must be a positive integer, got {procs!r}")
+    if memory_bytes is not None and memory_bytes <= 0:
+        raise ValueError(f"memory must be positive, got {memory_bytes}")
+    res = best_grid(spec, int(procs), memory_bytes)
+    if res is None:
+        if not candidate_grids(spec, int(procs)):
+            raise ValueError(f"no grid of {procs} ranks fits {spec.name or 'the layer'}: every "
+                             f"factorisation splits some dimension (B={spec.B}, K={spec.K}, "
+                             f"C={spec.C}, H={spec.H}, W={spec.W}) into more blocks than items")
+        g, need = min_memory_grid(spec, int(procs))
+        raise ValueError(f"no grid of {procs} ranks fits in {memory_bytes} bytes per rank; the "
+                         f"least memory any grid needs is {need} bytes per rank (grid {g})")
+    lb, info = _bound_info(spec, int(procs))
+    return Plan(spec, res.grid, res.max_rank_recv_bytes, lb, res.total_recv_bytes,
+                res.max_rank_memory_bytes, memory_bytes, info,
+                {"candidates": res.candidates, "evaluated": res.evaluated})

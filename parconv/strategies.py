@@ -1,0 +1,166 @@
+"""Fixed parallelisation strategies, with the planner's accounting (THEORY.md §6).
+
+Each strategy returns the best grid *within its family* (minimum over grids of the
+maximum over ranks of received bytes, same ties as the planner) or None when no grid of
+``P`` ranks exists in the family (e.g. batch-only when ``P > B``):
+
+* ``batch_only``: ``P_b = P`` (data parallel: every rank gathers the whole filter);
+* ``spatial_only``: ``P_h × P_w`` (halo exchange; LBANN DistConv, distdl, Mesh-TF);
+* ``batch_spatial``: ``P_b × P_h × P_w`` (LBANN's sample + spatial hybrid);
+* ``channel_filter``: ``P_k × P_c`` (allgather input, reduce-scatter partial outputs);
+* ``im2col_matmul``: materialise the ``CRS × BHW`` im2col matrix, then a
+  communication-optimal 3-D matmul (COSMA-style) of the ``K × CRS`` filter matrix by it
+  on a ``p_m × p_n × p_k`` grid; see :func:`matmul_volumes`.
+
+The first four are grids of the same algorithm, so their figures come from
+:mod:`parconv.plan` and equal :func:`parconv.partition.rank_volume`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .plan import _divisors, _interval_max, _split, best_grid
+from .spec import ConvSpec
+
+#: Strategy name -> grid axes it may split (None: the im2col + matmul strategy).
+FAMILIES: dict[str, tuple[str, ...] | None] = {
+    "batch_only": ("b",),
+    "spatial_only": ("h", "w"),
+    "batch_spatial": ("b", "h", "w"),
+    "channel_filter": ("k", "c"),
+    "im2col_matmul": None,
+}
+
+
+@dataclass(frozen=True)
+class StrategyResult:
+    """The best grid of one strategy and its exact per-rank figures."""
+
+    name: str
+    grid: dict[str, int]
+    max_rank_recv_bytes: int
+    total_recv_bytes: int
+    max_rank_memory_bytes: int
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "grid": self.grid, "max_rank_recv_bytes": self.max_rank_recv_bytes,
+                "total_recv_bytes": self.total_recv_bytes,
+                "max_rank_memory_bytes": self.max_rank_memory_bytes, "details": self.details}
+
+
+def matmul_shape(spec: ConvSpec) -> tuple[int, int, int]:
+    """``(m, n, k)`` of the im2col GEMM: ``K × CRS`` filter times ``CRS × BHW`` im2col."""
+    return spec.K, spec.B * spec.H * spec.W, spec.C * spec.R * spec.S
+
+
+def matmul_volumes(spec: ConvSpec, pm: int, pn: int, pk: int,
+                   idx: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Per-rank bytes of the 3-D matmul on a ``pm × pn × pk`` grid (arrays broadcast over
+    ``(i, j, l)``; all ranks when ``idx`` is None).
+
+    Rank ``(i, j, l)`` computes ``C[m_i, n_j] += A[m_i, k_l] · B[k_l, n_j]``. Initially
+    each block of ``A`` (filter, ``p_F``) is spread evenly (balanced element counts) over
+    the ``pn`` ranks sharing it, each block of ``B`` (the materialised im2col matrix,
+    ``p_I``; ρ̄ times the input) over the ``pm`` ranks sharing it; its building is *not*
+    charged, which favours this baseline. Operations: allgather of the ``A`` block over
+    ``j``, allgather of the ``B`` block over ``i``, reduce-scatter of the accumulator
+    partial ``C`` block over ``l`` (each rank ends with a balanced part). Memory: the
+    gathered ``A`` and ``B`` blocks, the partial ``C`` block and the final part.
+    """
+    m, n, k = matmul_shape(spec)
+    if idx is None:
+        idx = (np.arange(pm), np.arange(pn), np.arange(pk))
+    i, j, l_ = (np.asarray(a, dtype=np.int64).reshape(s)
+               for a, s in zip(idx, [(-1, 1, 1), (1, -1, 1), (1, 1, -1)]))
+    p = spec.precision
+    mi, nj, kl = _split(m, pm, i), _split(n, pn, j), _split(k, pk, l_)
+    a_blk, b_blk, c_blk = mi * kl, kl * nj, mi * nj
+    a_own, b_own, c_own = _split(a_blk, pn, j), _split(b_blk, pm, i), _split(c_blk, pk, l_)
+    recv = {
+        "a_allgather": p.p_filter // 8 * (a_blk - a_own),
+        "b_allgather": p.p_input // 8 * (b_blk - b_own),
+        "c_reduce_scatter": p.p_accum // 8 * (pk - 1) * c_own,
+    }
+    recv["total"] = recv["a_allgather"] + recv["b_allgather"] + recv["c_reduce_scatter"]
+    recv["memory"] = (p.p_filter * a_blk + p.p_input * b_blk + p.p_accum * c_blk
+                      + p.p_output * c_own) // 8
+    return recv
+
+
+def matmul_total_recv_bytes(spec: ConvSpec, pm: int, pn: int, pk: int) -> int:
+    """Sum over ranks of the matmul's received bytes (closed form)."""
+    m, n, k = matmul_shape(spec)
+    p = spec.precision
+    return (p.p_filter // 8 * (pn - 1) * m * k + p.p_input // 8 * (pm - 1) * k * n
+            + p.p_accum // 8 * (pk - 1) * m * n)
+
+
+def _matmul_classes(spec: ConvSpec, pm: int, pn: int, pk: int) -> tuple[np.ndarray, ...]:
+    """One index per class on each matmul axis (block size and ownership thresholds),
+    enough for the exact maximum over ranks."""
+    m, n, k = matmul_shape(spec)
+    ms = set((m // pm, m // pm + 1))
+    ns = set((n // pn, n // pn + 1))
+    ks = set((k // pk, k // pk + 1))
+    i = _interval_max(pm, [m % pm] + [(a * b) % pm for a in ks for b in ns])
+    j = _interval_max(pn, [n % pn] + [(a * b) % pn for a in ms for b in ks])
+    l_ = _interval_max(pk, [k % pk] + [(a * b) % pk for a in ms for b in ns])
+    return i, j, l_
+
+
+def im2col_matmul(spec: ConvSpec, procs: int, memory_bytes: int | None = None) -> StrategyResult | None:
+    """Best ``pm × pn × pk`` grid (pm ≤ K, pn ≤ BHW, pk ≤ CRS) for the im2col GEMM."""
+    m, n, k = matmul_shape(spec)
+    best = None
+    for pm in _divisors(procs):
+        if pm > m:
+            break
+        for pn in _divisors(procs // pm):
+            pk = procs // pm // pn
+            if pn > n or pk > k:
+                continue
+            v = matmul_volumes(spec, pm, pn, pk, _matmul_classes(spec, pm, pn, pk))
+            mx, mem = int(v["total"].max()), int(v["memory"].max())
+            if memory_bytes is not None and mem > memory_bytes:
+                continue
+            tot = matmul_total_recv_bytes(spec, pm, pn, pk)
+            key = (mx, tot, (pm, pn, pk))
+            if best is None or key < best[:3]:
+                best = (*key, mem)
+    if best is None:
+        return None
+    mx, tot, (pm, pn, pk), mem = best
+    return StrategyResult("im2col_matmul", {"m": pm, "n": pn, "k": pk}, mx, tot, mem,
+                          {"matmul_mnk": [m, n, k], "im2col_elems": n * k})
+
+
+def fixed_strategy(name: str, spec: ConvSpec, procs: int,
+                   memory_bytes: int | None = None) -> StrategyResult | None:
+    """Best grid of one strategy of :data:`FAMILIES`, or None when infeasible."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(FAMILIES)}")
+    axes = FAMILIES[name]
+    if axes is None:
+        return im2col_matmul(spec, procs, memory_bytes)
+    res = best_grid(spec, procs, memory_bytes, axes)
+    if res is None:
+        return None
+    return StrategyResult(name, res.grid.as_dict(), res.max_rank_recv_bytes, res.total_recv_bytes,
+                          res.max_rank_memory_bytes)
+
+
+def all_strategies(spec: ConvSpec, procs: int,
+                   memory_bytes: int | None = None) -> dict[str, StrategyResult | None]:
+    """Every fixed strategy's best grid (None where infeasible)."""
+    return {name: fixed_strategy(name, spec, procs, memory_bytes) for name in FAMILIES}
+
+
+def best_fixed(results: dict[str, StrategyResult | None]) -> StrategyResult | None:
+    """The feasible strategy with the smallest max-rank received bytes."""
+    feas = [r for r in results.values() if r is not None]
+    return min(feas, key=lambda r: r.max_rank_recv_bytes) if feas else None
