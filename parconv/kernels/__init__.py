@@ -1,0 +1,48 @@
+"""Local convolution kernels (numba + BLAS); they know nothing of MPI.
+
+Entry points: :func:`conv2d_window` (the runtime's in-place windowed convolution),
+:func:`accumulator_dtype`, :func:`int32_safe_reduction`, :func:`warmup`. The public
+single-process convolution is :func:`parconv.conv2d`. Design and figures:
+``docs/kernels.md``.
+"""
+
+from __future__ import annotations
+
+import time
+
+import ml_dtypes
+import numpy as np
+
+from .int_kernels import exact_chunk_rows, int32_safe_reduction, product_range
+from .threads import ENV_VAR as THREADS_ENV_VAR
+from .threads import resolve_threads
+from .window import accumulator_dtype, conv2d_window, plan_blocks, plan_chunks
+
+#: (input, weight) dtype pairs the kernels are compiled for by :func:`warmup`.
+SIGNATURES = [
+    (np.float32, np.float32), (np.float64, np.float64), (np.float16, np.float16),
+    (ml_dtypes.bfloat16, ml_dtypes.bfloat16), (np.int8, np.int8), (np.uint8, np.int8),
+]
+
+
+def warmup(signatures=None) -> float:
+    """Compile (or load from the numba cache) every kernel specialisation; return seconds.
+
+    Runs tiny convolutions for each dtype pair of :data:`SIGNATURES` through both the
+    direct-write and the scatter path, with and without ``accumulate``.
+    """
+    t0 = time.perf_counter()
+    for xd, wd in signatures or SIGNATURES:
+        x = np.ones((2, 2, 3, 3), dtype=xd)
+        w = np.ones((2, 2, 2, 2), dtype=wd)
+        out = np.zeros((2, 2, 2, 2), dtype=accumulator_dtype(x.dtype, w.dtype))
+        for block_cols, chunk_rows in ((1, 3), (1024, 2304)):
+            for acc in (False, True):
+                conv2d_window(x, w, out, 1, 1, (0, 0), acc, block_cols=block_cols,
+                              chunk_rows=chunk_rows)
+    return time.perf_counter() - t0
+
+
+__all__ = ["SIGNATURES", "THREADS_ENV_VAR", "accumulator_dtype", "conv2d_window",
+           "exact_chunk_rows", "int32_safe_reduction", "plan_blocks", "plan_chunks",
+           "product_range", "resolve_threads", "warmup"]

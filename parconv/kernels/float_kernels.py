@@ -1,0 +1,104 @@
+"""Numba kernels of the implicit-GEMM convolution: panel packing and output scatter.
+
+The local convolution is computed block by block (see :mod:`parconv.kernels.window`):
+for a block of whole output rows and a chunk of input channels, :func:`pack_panel`
+builds a small im2col panel ``P[(c, r, s), (u, w)]`` (zero where the window leaves the
+input), a BLAS GEMM multiplies the packed weight chunk ``(K, c·R·S)`` by it, and
+:func:`scatter_float` adds (or writes) the ``(K, columns)`` result into the NCHW output.
+
+Element decoding happens while packing, so 16-bit and integer inputs never get an
+input-sized float copy:
+
+* ``code 0``: plain cast (float32, float64, int8, uint8 -> the panel dtype),
+* ``code 1``: bfloat16 bit patterns (``uint16`` view) -> float32, written through the
+  panel's ``uint32`` view as ``bits << 16`` (exact),
+* ``code 2``: 16-bit patterns decoded through a 65536-entry float32 table (float16, or
+  bfloat16 into a float64 panel).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+_JIT = dict(nogil=True, cache=True, boundscheck=False)
+
+
+@njit(**_JIT)
+def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
+               sh, sw, dh, dw, oh, ow):
+    """Fill ``panel[:q1-q0, :nunits*W]`` for reduction rows ``q0..q1`` and output rows
+    ``u0 .. u0+nunits``.
+
+    Reduction row ``q = (c*R + r)*S + s``; output row unit ``u`` is image ``u // H``,
+    output row ``u % H``. Panel entry ``[q-q0, (u-u0)*W + w]`` holds
+    ``x[b, c, sh*h + dh*r + oh, sw*w + dw*s + ow]``, or 0 outside ``x``.
+    """
+    Hx = x.shape[2]
+    Wx = x.shape[3]
+    RS = R * S
+    for q in range(q0, q1):
+        c = q // RS
+        t = q - c * RS
+        r = t // S
+        s = t - r * S
+        row = q - q0
+        iw0 = dw * s + ow
+        # valid output columns w: 0 <= sw*w + iw0 < Wx
+        wlo = 0 if iw0 >= 0 else (-iw0 + sw - 1) // sw
+        whi = (Wx - 1 - iw0) // sw + 1
+        if whi > W:
+            whi = W
+        if wlo > W:
+            wlo = W
+        if whi < wlo:
+            whi = wlo
+        for u in range(nunits):
+            uu = u0 + u
+            b = uu // H
+            h = uu - b * H
+            ih = sh * h + dh * r + oh
+            j0 = u * W
+            if ih < 0 or ih >= Hx:
+                for j in range(j0, j0 + W):
+                    panel[row, j] = 0
+                continue
+            for j in range(j0, j0 + wlo):
+                panel[row, j] = 0
+            for j in range(j0 + whi, j0 + W):
+                panel[row, j] = 0
+            if code == 0:
+                for w in range(wlo, whi):
+                    panel[row, j0 + w] = x[b, c, ih, sw * w + iw0]
+            elif code == 1:
+                for w in range(wlo, whi):
+                    panel_bits[row, j0 + w] = np.uint32(x[b, c, ih, sw * w + iw0]) << 16
+            else:
+                for w in range(wlo, whi):
+                    panel[row, j0 + w] = lut[np.intp(x[b, c, ih, sw * w + iw0])]
+
+
+@njit(**_JIT)
+def scatter_float(out, block, u0, nunits, H, W, assign):
+    """``out[b, :, h, :] (+)= block[:, (u-u0)*W : (u-u0+1)*W]`` for each row unit ``u``."""
+    K = out.shape[1]
+    for u in range(nunits):
+        uu = u0 + u
+        b = uu // H
+        h = uu - b * H
+        j0 = u * W
+        for k in range(K):
+            if assign:
+                for w in range(W):
+                    out[b, k, h, w] = block[k, j0 + w]
+            else:
+                for w in range(W):
+                    out[b, k, h, w] += block[k, j0 + w]
+
+
+@njit(**_JIT)
+def add_inplace(dst, src):
+    """``dst += src`` for two 2-D arrays of the same shape (dst may be a strided view)."""
+    for i in range(dst.shape[0]):
+        for j in range(dst.shape[1]):
+            dst[i, j] += src[i, j]

@@ -1,0 +1,245 @@
+"""The kernels' entry point: :func:`conv2d_window`, a small-buffer implicit GEMM.
+
+The output is cut into *blocks* of whole output rows (``u = b*H + h`` row units; a block
+stays inside one image unless images are smaller than a block) and the reduction
+``(c, r, s)`` into *chunks* of rows. Per block and chunk a numba kernel packs a bounded
+im2col panel (``chunk_rows x block_cols``, decoding 16-bit/int inputs on the fly), one
+BLAS GEMM multiplies the packed weights by it, and the result lands in the NCHW output:
+directly (GEMM ``out=`` a strided view of the output) for float blocks inside one image,
+otherwise through a ``K x block_cols`` buffer and a numba scatter. No full im2col buffer
+is ever built: the extra memory is one panel plus one ``K x block_cols`` buffer per
+worker (plus a float32 copy of the weights for non-float32/float64 weights).
+"""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import ml_dtypes
+import numpy as np
+
+from .float_kernels import add_inplace, pack_panel, scatter_float
+from .int_kernels import INT_INPUTS, INT_WEIGHTS, exact_chunk_rows, scatter_int
+from .threads import resolve_threads, single_threaded_blas
+
+#: default block width (output columns per GEMM) and float reduction chunk (panel rows).
+BLOCK_COLS = 1024
+CHUNK_ROWS = 2304
+
+_F16 = np.dtype(np.float16)
+_BF16 = np.dtype(ml_dtypes.bfloat16)
+_F32 = np.dtype(np.float32)
+_F64 = np.dtype(np.float64)
+FLOAT_DTYPES = (_F16, _BF16, _F32, _F64)
+_LUTS: dict[np.dtype, np.ndarray] = {}
+_DUMMY_LUT = np.zeros(1, dtype=np.float32)
+
+
+def accumulator_dtype(x_dtype, w_dtype) -> np.dtype:
+    """Accumulator dtype for an input/weight dtype pair.
+
+    int8/uint8 x int8 -> int32; float64 on either side -> float64; other floats
+    (float16, bfloat16, float32) -> float32.
+
+    Raises
+    ------
+    ValueError
+        For unsupported dtypes or an integer/float mix.
+    """
+    xd, wd = np.dtype(x_dtype), np.dtype(w_dtype)
+    if xd in INT_INPUTS or wd in INT_WEIGHTS or wd in INT_INPUTS:
+        if xd not in INT_INPUTS or wd not in INT_WEIGHTS:
+            raise ValueError(f"integer convolution needs int8/uint8 input and int8 weight, got "
+                             f"input {xd} and weight {wd}")
+        return np.dtype(np.int32)
+    for role, dt in (("input", xd), ("weight", wd)):
+        if dt not in FLOAT_DTYPES:
+            raise ValueError(f"unsupported {role} dtype {dt}; supported: float16, bfloat16, "
+                             "float32, float64, int8, uint8 (input) / int8 (weight)")
+    return _F64 if _F64 in (xd, wd) else _F32
+
+
+def _lut(dt: np.dtype) -> np.ndarray:
+    """float32 value of every 16-bit pattern of ``dt``."""
+    if dt not in _LUTS:
+        _LUTS[dt] = np.arange(65536, dtype=np.uint16).view(dt).astype(np.float32)
+    return _LUTS[dt]
+
+
+def _decoder(x: np.ndarray, panel_dtype: np.dtype):
+    """(array numba can read, decode code, lut) for the packing kernel."""
+    if x.dtype == _BF16 and panel_dtype == _F32:
+        return x.view(np.uint16), 1, _DUMMY_LUT
+    if x.dtype in (_BF16, _F16):
+        return x.view(np.uint16), 2, _lut(x.dtype)
+    return x, 0, _DUMMY_LUT
+
+
+def _pair(name: str, value) -> tuple[int, int]:
+    try:
+        a, b = (value, value) if np.ndim(value) == 0 else tuple(value)
+        return int(a), int(b)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def plan_blocks(B: int, H: int, W: int, block_cols: int) -> list[tuple[int, int]]:
+    """Output row-unit blocks ``(u0, nunits)`` of about ``block_cols`` columns each."""
+    if H * W >= block_cols:
+        per_img = math.ceil(H * W / block_cols)
+        rows = math.ceil(H / per_img)
+        return [(b * H + h, min(rows, H - h)) for b in range(B) for h in range(0, H, rows)]
+    nblocks = math.ceil(B * H * W / block_cols)
+    imgs = math.ceil(B / nblocks)
+    return [(b * H, (min(b + imgs, B) - b) * H) for b in range(0, B, imgs)]
+
+
+def plan_chunks(rows: int, chunk_rows: int) -> list[tuple[int, int]]:
+    """Balanced reduction chunks ``(q0, q1)`` of at most ``chunk_rows`` rows."""
+    n = math.ceil(rows / chunk_rows)
+    step = math.ceil(rows / n)
+    return [(q, min(q + step, rows)) for q in range(0, rows, step)]
+
+
+def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilation=1,
+                  offset=(0, 0), accumulate: bool = False, threads: int | None = None,
+                  *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS) -> None:
+    """Local convolution over a window of the input, written into ``out`` in place.
+
+    ``out[b,k,h,w] (+)= sum_{c,r,s} x[b, c, sh*h + dh*r + offset[0], sw*w + dw*s +
+    offset[1]] * w[k,c,r,s]``, with every index outside ``x`` reading zero (a negative
+    offset or a short ``x`` is implicit padding).
+
+    Parameters
+    ----------
+    x : ndarray (B, C, Hx, Wx)
+        float16, bfloat16, float32, float64, int8 or uint8.
+    w : ndarray (K, C, R, S)
+        float dtype for float ``x``, int8 for integer ``x``.
+    out : ndarray (B, K, H, W), C-contiguous
+        In the accumulator dtype (:func:`accumulator_dtype`): float32, float64 or int32.
+    stride, dilation : int or pair, >= 1
+    offset : int or pair (any sign)
+    accumulate : bool
+        Add to ``out`` instead of overwriting it.
+    threads : int, optional
+        Worker threads (default ``$PARCONV_THREADS`` or 1), see :mod:`.threads`.
+    block_cols, chunk_rows : int
+        Tuning: output columns per GEMM block and panel rows per reduction chunk (the
+        integer path caps chunks at the float32-exact length).
+
+    Raises
+    ------
+    ValueError
+        On a shape, dtype or parameter problem (named in the message). Integer int32
+        overflow is *not* checked here (it wraps modulo 2**32); see
+        :func:`parconv.kernels.int32_safe_reduction` and :func:`parconv.conv2d`.
+    """
+    if not (isinstance(x, np.ndarray) and isinstance(w, np.ndarray) and isinstance(out, np.ndarray)):
+        raise ValueError("x, w and out must be numpy arrays")
+    if x.ndim != 4 or w.ndim != 4 or out.ndim != 4:
+        raise ValueError(f"x, w, out must be 4-D (NCHW, OIHW, NKHW), got shapes {x.shape}, "
+                         f"{w.shape}, {out.shape}")
+    B, C = x.shape[:2]
+    K, Cw, R, S = w.shape
+    if Cw != C:
+        raise ValueError(f"x has {C} channels but w expects {Cw}")
+    if out.shape[0] != B or out.shape[1] != K:
+        raise ValueError(f"out shape {out.shape} does not match batch {B} and {K} filters")
+    acc = accumulator_dtype(x.dtype, w.dtype)
+    if out.dtype != acc:
+        raise ValueError(f"out has dtype {out.dtype}; the accumulator for {x.dtype} x {w.dtype} "
+                         f"is {acc}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError("out must be a writeable C-contiguous array")
+    sh, sw = _pair("stride", stride)
+    dh, dw = _pair("dilation", dilation)
+    oh, ow = _pair("offset", offset)
+    if min(sh, sw, dh, dw) < 1:
+        raise ValueError(f"stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1")
+    if block_cols < 1 or chunk_rows < 1:
+        raise ValueError("block_cols and chunk_rows must be >= 1")
+    nthreads = resolve_threads(threads)
+    H, W = out.shape[2:]
+    if out.size == 0:
+        return
+    if C == 0 or R == 0 or S == 0 or x.shape[2] == 0 or x.shape[3] == 0:
+        if not accumulate:
+            out[...] = 0
+        return
+
+    integer = acc.kind == "i"
+    panel_dtype = _F32 if integer else acc
+    x = np.ascontiguousarray(x)
+    xk, code, lut = _decoder(x, panel_dtype)
+    rows = C * R * S
+    if w.dtype == panel_dtype and w.flags.c_contiguous:
+        wm = w.reshape(K, rows)
+    else:
+        wm = np.ascontiguousarray(w, dtype=panel_dtype).reshape(K, rows)
+    if integer:
+        chunk_rows = min(chunk_rows, exact_chunk_rows(x.dtype, w.dtype))
+    chunks = plan_chunks(rows, chunk_rows)
+    blocks = plan_blocks(B, H, W, block_cols)
+    max_rows = max(q1 - q0 for q0, q1 in chunks)
+    max_cols = max(n for _, n in blocks) * W
+    out_mat = out.reshape(B, K, H * W)
+    geometry = (H, W, R, S, sh, sw, dh, dw, oh, ow)
+
+    def run(block_list):
+        panel_buf = np.empty(max_rows * max_cols, dtype=panel_dtype)
+        tmp_buf = np.empty(K * max_cols, dtype=panel_dtype)
+        for u0, nu in block_list:
+            _block(xk, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu,
+                   geometry, panel_buf, tmp_buf)
+
+    with single_threaded_blas():
+        if nthreads == 1 or len(blocks) == 1:
+            run(blocks)
+        else:
+            n = min(nthreads, len(blocks))
+            parts = [blocks[i::n] for i in range(n)]
+            with ThreadPoolExecutor(max_workers=n) as pool:
+                for fut in [pool.submit(run, p) for p in parts]:
+                    fut.result()
+
+
+def _block(xk, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu, geometry,
+           panel_buf, tmp_buf) -> None:
+    """One output block: pack + GEMM per reduction chunk, result into ``out``."""
+    H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
+    K = wm.shape[0]
+    ncols = nu * W
+    b0 = u0 // H
+    direct = (not integer) and (u0 + nu - 1) // H == b0
+    first = True
+    for q0, q1 in chunks:
+        panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
+        _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry)
+        wchunk = wm[:, q0:q1]
+        assign = first and not accumulate
+        if direct:
+            h0 = u0 - b0 * H
+            dst = out_mat[b0, :, h0 * W:h0 * W + ncols]
+            if assign:
+                np.matmul(wchunk, panel, out=dst)
+            else:
+                tmp = tmp_buf[:K * ncols].reshape(K, ncols)
+                np.matmul(wchunk, panel, out=tmp)
+                add_inplace(dst, tmp)
+        else:
+            tmp = tmp_buf[:K * ncols].reshape(K, ncols)
+            np.matmul(wchunk, panel, out=tmp)
+            if integer:
+                scatter_int(out, tmp, u0, nu, H, W, assign)
+            else:
+                scatter_float(out, tmp, u0, nu, H, W, assign)
+        first = False
+
+
+def _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry) -> None:
+    """Pack panel rows ``q0..q1`` of the flattened ``(c, r, s)`` reduction."""
+    H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
+    bits = panel.view(np.uint32) if panel.dtype == _F32 else panel.view(np.uint64)
+    pack_panel(xk, panel, bits, lut, code, q0, q1, u0, nu, H, W, R, S, sh, sw, dh, dw, oh, ow)
