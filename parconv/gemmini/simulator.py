@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -92,6 +93,7 @@ class _Slot:
         self.last = key
 
 
+@lru_cache(maxsize=4096)
 def _counted_exec(bb: int, oh: int, ow: int, ok: int, kr: int, ks: int, kc: int,
                   cfg: GemminiConfig) -> tuple[int, int]:
     """(cycles, instructions) of one tile by walking its preload/compute instructions."""

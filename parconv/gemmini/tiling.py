@@ -375,6 +375,7 @@ def parconv_plan(spec: ConvSpec, config: GemminiConfig | None = None, bias: bool
     return _search(spec, cfg, bias, raw, max_bytes, keep)
 
 
+@lru_cache(maxsize=512)
 def _search(spec, cfg, bias, raw, max_bytes, keep):
     cands = list(candidate_plans(spec, cfg))
     if not cands:
