@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Subcommand modules under ``parconv.cli``, in help order.
-COMMANDS: list[str] = ["bound", "tile", "plan", "run", "simulate", "gemmini"]
+COMMANDS: list[str] = ["bound", "plan", "gemmini"]
 
 
 def build_parser() -> argparse.ArgumentParser:
