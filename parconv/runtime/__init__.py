@@ -1,0 +1,24 @@
+"""The distributed runtime: run a planned grid under MPI, counting every byte.
+
+:mod:`~parconv.runtime.schedule` is pure (no MPI) and importable anywhere; the MPI
+parts (:mod:`comm`, :mod:`exchange`, :mod:`execute`) load mpi4py only when used.
+"""
+
+from __future__ import annotations
+
+from .api import (
+    RunResult,
+    block_ranges,
+    conv2d_distributed,
+    gather_blocks,
+    scatter_operands,
+    seeded_block,
+    seeded_operands_global,
+    seeded_operands_local,
+)
+from .errors import RunInputError
+from .schedule import Schedule, build_schedule
+
+__all__ = ["RunInputError", "RunResult", "Schedule", "block_ranges", "build_schedule",
+           "conv2d_distributed", "gather_blocks", "scatter_operands", "seeded_block",
+           "seeded_operands_global", "seeded_operands_local"]

@@ -1,0 +1,146 @@
+"""Validation before any communication, fault injection, and abort-on-exception.
+
+Every rank evaluates the same checks on the same arguments, so all ranks reach the
+same decision without communicating. Checks on user-supplied local blocks differ per
+rank; they are agreed on with one small collective (:func:`agree`) before any data
+moves. During the run, :func:`abort_on_exception` turns an exception on one rank into
+``MPI_Abort`` of the whole job (never a hang).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+
+from .. import dtypes
+from ..partition import Grid, check_grid, layout, rank_memory_bytes
+from ..spec import ConvSpec
+from ..units import format_bytes
+
+#: Phases at which a fault can be injected (PARCONV_FAULT_PHASE).
+PHASES = ("setup", "input_allgather", "input_halo", "filter_allgather", "compute",
+          "output_reduce_scatter")
+
+
+class RunInputError(ValueError):
+    """Invalid input to a distributed run, detected before any communication."""
+
+
+def integer_bound(spec: ConvSpec) -> tuple[int, int] | None:
+    """Worst-case ``|Out|`` of an integer convolution and the accumulator's limit, or None
+    for floating point. ``|Out| ≤ C·R·S·max|x|·max|w|`` bounds every partial sum and every
+    reduce-scatter sum too (they add subsets of the same products)."""
+    p = spec.precision
+    if not p.is_integer:
+        return None
+    mx = max(abs(v) for v in dtypes.value_range(p.input))
+    mw = max(abs(v) for v in dtypes.value_range(p.filter))
+    return int(spec.C * spec.R * spec.S * mx * mw), int(dtypes.value_range(p.accum)[1])
+
+
+def validate_run(spec: ConvSpec, grid: Grid, world_size: int, memory_bytes: int | None = None) -> None:
+    """All checks that need no data: grid size and shape, integer overflow, memory.
+
+    Raises
+    ------
+    RunInputError
+        Naming the problem.
+    """
+    try:
+        check_grid(spec, grid, world_size)
+    except ValueError as exc:
+        raise RunInputError(str(exc)) from None
+    bound = integer_bound(spec)
+    if bound is not None and bound[0] > bound[1]:
+        raise RunInputError(
+            f"integer overflow possible: C*R*S = {spec.C * spec.R * spec.S} products of "
+            f"{spec.precision.input} x {spec.precision.filter} can reach {bound[0]}, beyond the "
+            f"{spec.precision.accum} accumulator ({bound[1]}); use a wider accumulator "
+            f"(e.g. --dtype {spec.precision.input}/{spec.precision.filter}/int64)")
+    if memory_bytes is not None:
+        need = max(rank_memory_bytes(spec, grid, r) for r in range(grid.size))
+        if need > memory_bytes:
+            raise RunInputError(f"grid {grid} needs {format_bytes(need)} per rank, more than "
+                                f"--memory {format_bytes(memory_bytes)}")
+
+
+def check_slurm(world_size: int, env=None) -> None:
+    """Under SLURM, the MPI world must have SLURM_NTASKS ranks (some MPI builds under a
+    plain ``srun`` start N copies of "rank 0 of 1"). PARCONV_NO_SLURM_CHECK=1 skips it.
+
+    Raises
+    ------
+    RunInputError
+        On a mismatch.
+    """
+    env = os.environ if env is None else env
+    n = env.get("SLURM_NTASKS")
+    if not n or env.get("PARCONV_NO_SLURM_CHECK") == "1":
+        return
+    if n.isdigit() and int(n) != world_size:
+        raise RunInputError(
+            f"MPI world size is {world_size} but SLURM_NTASKS={n}: the MPI library did not "
+            "pick up the SLURM job (try `srun --mpi=pmi2` or `--mpi=pmix`, or mpiexec from the "
+            "same MPI that mpi4py was built with); set PARCONV_NO_SLURM_CHECK=1 to skip")
+
+
+def check_local_blocks(spec: ConvSpec, grid: Grid, rank: int, x: np.ndarray,
+                       w: np.ndarray) -> str | None:
+    """Problem with this rank's local input/filter blocks, or None if they fit."""
+    me = layout(spec, grid, rank)
+    p = spec.precision
+    for name, arr, shape, dt in (("input", x, me.input_owned_shape, p.input),
+                                 ("filter", w, me.filter_owned_shape, p.filter)):
+        if not isinstance(arr, np.ndarray):
+            return f"local {name} block is {type(arr).__name__}, expected a numpy array"
+        if tuple(arr.shape) != tuple(shape):
+            return f"local {name} block has shape {tuple(arr.shape)}, expected {tuple(shape)}"
+        if arr.dtype != dtypes.numpy_dtype(dt):
+            return f"local {name} block has dtype {arr.dtype}, expected {dt}"
+    return None
+
+
+def agree(comm, message: str | None) -> None:
+    """Collective: raise :class:`RunInputError` on every rank if any rank has a message.
+
+    One small ``allgather`` of the (usually None) per-rank messages; call it before any
+    data movement.
+    """
+    messages = comm.allgather(message)
+    bad = [(r, m) for r, m in enumerate(messages) if m]
+    if bad:
+        r, m = bad[0]
+        more = f" (and {len(bad) - 1} more ranks)" if len(bad) > 1 else ""
+        raise RunInputError(f"rank {r}: {m}{more}")
+
+
+def fault_point(phase: str, rank: int, env=None) -> None:
+    """Raise an injected error when PARCONV_FAULT_RANK / PARCONV_FAULT_PHASE match (tests)."""
+    env = os.environ if env is None else env
+    if env.get("PARCONV_FAULT_PHASE") == phase and env.get("PARCONV_FAULT_RANK") == str(rank):
+        raise RuntimeError(f"injected fault in phase {phase}")
+
+
+def corrupt_requested(rank: int, env=None) -> bool:
+    """True when PARCONV_FAULT_PHASE=corrupt_output targets this rank (tests that the
+    verification catches a wrong result)."""
+    env = os.environ if env is None else env
+    return (env.get("PARCONV_FAULT_PHASE") == "corrupt_output"
+            and env.get("PARCONV_FAULT_RANK") == str(rank))
+
+
+@contextmanager
+def abort_on_exception(comm) -> Iterator[None]:
+    """Abort the whole job if the body raises on this rank, naming the rank and error."""
+    try:
+        yield
+    except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
+        if isinstance(exc, SystemExit) and not exc.code:
+            raise
+        sys.stderr.write(f"rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
+        sys.stderr.flush()
+        comm.Abort(1)
