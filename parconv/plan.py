@@ -186,18 +186,31 @@ def _all_indices(grid: Grid) -> tuple[np.ndarray, ...]:
     return tuple(np.arange(d, dtype=np.int64) for d in grid.dims)
 
 
+def _totals(spec: ConvSpec, dims: np.ndarray) -> np.ndarray:
+    """Sum over ranks of received bytes for each grid (rows of ``dims``), closed form."""
+    p = spec.precision
+    pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
+    b, k, c, h, w = (dims[:, i].astype(np.int64) for i in range(5))
+
+    def sums(axis: Axis, ps: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        uniq, inv = np.unique(ps, return_inverse=True)
+        tabs = [axis_table(axis, int(u)) for u in uniq]
+        need = np.array([int(t.need.sum()) for t in tabs], dtype=np.int64)[inv.ravel()]
+        self_ = np.array([int(t.self_need.sum()) for t in tabs], dtype=np.int64)[inv.ravel()]
+        return need, self_, int(tabs[0].used.sum())
+
+    nh, sh, uh = sums(spec.axes[0], h)
+    nw, sw, uw = sums(spec.axes[1], w)
+    bc = spec.B * spec.C
+    return (pi * (k - 1) * bc * uh * uw + pi * k * bc * (nh * nw - sh * sw)
+            + pf * (b * h * w - 1) * spec.K * spec.C * spec.R * spec.S
+            + po * (c - 1) * spec.K * spec.B * spec.H * spec.W)
+
+
 def total_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Sum over ranks of received bytes (closed form; equals the sum of the per-rank
     volumes, tested)."""
-    p = spec.precision
-    pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
-    th, tw = axis_table(spec.axes[0], grid.h), axis_table(spec.axes[1], grid.w)
-    q = grid.b * grid.h * grid.w
-    used = int(th.used.sum()) * int(tw.used.sum())
-    halo = int(th.need.sum()) * int(tw.need.sum()) - int(th.self_need.sum()) * int(tw.self_need.sum())
-    return (pi * (grid.k - 1) * spec.B * spec.C * used + pi * grid.k * spec.B * spec.C * halo
-            + pf * (q - 1) * spec.K * spec.C * spec.R * spec.S
-            + po * (grid.c - 1) * spec.K * spec.B * spec.H * spec.W)
+    return int(_totals(spec, np.array([grid.dims], dtype=np.int64))[0])
 
 
 def max_rank_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
@@ -219,29 +232,28 @@ def _divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def candidate_grids(spec: ConvSpec, procs: int, axes: tuple[str, ...] = GRID_AXES) -> list[Grid]:
-    """All grids of ``procs`` ranks splitting only ``axes``, each factor at most its
-    dimension (b ≤ B, k ≤ K, c ≤ C, h ≤ H, w ≤ W)."""
+def _candidate_dims(spec: ConvSpec, procs: int, axes: tuple[str, ...]) -> np.ndarray:
+    """Rows ``(b, k, c, h, w)`` of every grid of :func:`candidate_grids`, in
+    lexicographic order (vectorised enumeration over the divisors of ``procs``)."""
     if procs < 1:
         raise ValueError(f"procs must be a positive integer, got {procs}")
     limits = {"b": spec.B, "k": spec.K, "c": spec.C, "h": spec.H, "w": spec.W}
     caps = [limits[a] if a in axes else 1 for a in GRID_AXES]
-    divs = _divisors(procs)
-    out: list[Grid] = []
+    divs = np.array(_divisors(procs), dtype=np.int64)
+    pre = np.zeros((1, 0), dtype=np.int64)
+    rest = np.array([procs], dtype=np.int64)
+    for i in range(4):
+        r, c = np.nonzero((rest[:, None] % divs[None, :] == 0) & (divs[None, :] <= caps[i]))
+        pre = np.concatenate([pre[r], divs[c][:, None]], axis=1)
+        rest = rest[r] // divs[c]
+    keep = rest <= caps[4]
+    return np.concatenate([pre[keep], rest[keep][:, None]], axis=1)
 
-    def rec(i: int, rest: int, acc: list[int]) -> None:
-        if i == 4:
-            if rest <= caps[4]:
-                out.append(Grid(*acc, rest))
-            return
-        for d in divs:
-            if d > rest or d > caps[i]:
-                break
-            if rest % d == 0:
-                rec(i + 1, rest // d, acc + [d])
 
-    rec(0, procs, [])
-    return out
+def candidate_grids(spec: ConvSpec, procs: int, axes: tuple[str, ...] = GRID_AXES) -> list[Grid]:
+    """All grids of ``procs`` ranks splitting only ``axes``, each factor at most its
+    dimension (b ≤ B, k ≤ K, c ≤ C, h ≤ H, w ≤ W)."""
+    return [Grid(*(int(v) for v in d)) for d in _candidate_dims(spec, procs, axes)]
 
 
 def _tie_key(grid: Grid) -> tuple:
@@ -268,15 +280,17 @@ def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
     Exact: a grid is skipped only when its average received bytes (a lower bound on its
     maximum) already exceeds the best maximum found.
     """
-    grids = candidate_grids(spec, procs, axes)
-    avgs = [total_recv_bytes(spec, g) / procs for g in grids]
-    order = sorted(range(len(grids)), key=lambda i: (avgs[i], _tie_key(grids[i])))
+    dims = _candidate_dims(spec, procs, axes)
+    if len(dims) == 0:
+        return None
+    totals = _totals(spec, dims)
     best: tuple | None = None
     evaluated = 0
-    for i in order:
-        g = grids[i]
-        if best is not None and avgs[i] > best[0]:
+    for i in np.argsort(totals, kind="stable"):
+        tot = int(totals[i])
+        if best is not None and tot > best[0] * procs:  # average > incumbent's maximum
             break
+        g = Grid(*(int(v) for v in dims[i]))
         evaluated += 1
         mx = max_rank_recv_bytes(spec, g)
         if best is not None and mx > best[0]:
@@ -284,13 +298,13 @@ def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
         mem = max_rank_memory_bytes(spec, g)
         if memory_bytes is not None and mem > memory_bytes:
             continue
-        key = (mx, int(round(avgs[i] * procs)), _tie_key(g))
+        key = (mx, tot, _tie_key(g))
         if best is None or key < best[:3]:
             best = (*key, g, mem)
     if best is None:
         return None
     mx, tot, _, g, mem = best
-    return SearchResult(g, mx, tot, mem, len(grids), evaluated)
+    return SearchResult(g, mx, tot, mem, len(dims), evaluated)
 
 
 def min_memory_grid(spec: ConvSpec, procs: int) -> tuple[Grid, int] | None:
