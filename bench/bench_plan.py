@@ -75,6 +75,7 @@ def measure_ratios(preset: str, procs: int) -> dict:
         "preset": preset, "procs": procs, "layers": len(rows),
         "bound_nonvacuous_layers": len(rb),
         "geomean_ratio_to_bound": geomean(rb), "max_ratio_to_bound": max(rb) if rb else None,
+        "min_ratio_to_bound": min(rb) if rb else None,
         "geomean_best_fixed_over_planned": geomean(rf),
         "min_best_fixed_over_planned": min(rf) if rf else None,
         "geomean_best_fixed_over_planned_non1x1": geomean(rf_k),
@@ -194,6 +195,10 @@ def write_markdown(res: dict, path: Path) -> None:
 
 def verdict(res: dict) -> list[str]:
     out = []
+    low = [r["min_ratio_to_bound"] for r in res["ratios"] if r["min_ratio_to_bound"] is not None]
+    ok = min(low) >= 1 - 1e-9
+    out.append(f"- smallest planned/bound over all layers and P: {min(low):.4f} "
+               f"({'the bound is never beaten' if ok else 'BOUND BEATEN: a bug in the bound or the volumes'})")
     for r in res["ratios"]:
         g = r["geomean_ratio_to_bound"]
         ok = g is not None and g <= TARGET_BOUND
