@@ -135,7 +135,7 @@ def vstar(spec: ConvSpec, z_bits: float) -> float:
     """V*(Z): an upper bound on the number of real iterations any set of iterations with
     weighted footprint ``p_I·I + p_F·F + p_O·O <= Z`` (bits) can perform (THEORY.md §3).
 
-    Found by bisection on log v of the (strictly increasing) minimum footprint cost; the
+    Found by bracketing log v of the (strictly increasing) minimum footprint cost; the
     returned v always has ``min_footprint_cost(v) > Z``, so it over-estimates V*.
     """
     c = counts(spec)
@@ -143,17 +143,16 @@ def vstar(spec: ConvSpec, z_bits: float) -> float:
         return 0.0
     if min_footprint_cost(spec, float(c.g_real)) <= z_bits:
         return float(c.g_real)
-    lo, hi = 0.0, math.log(c.g_real)          # cost(e^lo = 1) may exceed Z: handle below
-    if min_footprint_cost(spec, 1.0) > z_bits:
-        lo = -60.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if min_footprint_cost(spec, math.exp(mid)) <= z_bits:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-13:
+    # bracket [lo, hi] in log v with cost(e^lo) <= Z < cost(e^hi); zoom with vector grids
+    lo, hi = -60.0, math.log(c.g_real)
+    while hi - lo > 1e-13 * max(1.0, abs(hi)):
+        u = np.linspace(lo, hi, 65)
+        ok = min_footprint_cost(spec, np.exp(u)) <= z_bits
+        j = int(np.argmin(ok)) if not ok.all() else 64   # first v whose cost exceeds Z
+        lo_new, hi_new = u[max(j - 1, 0)], u[j]
+        if (lo_new, hi_new) == (lo, hi):
             break
+        lo, hi = lo_new, hi_new
     return math.exp(hi)
 
 
@@ -208,12 +207,13 @@ def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float):
 
 
 def _closed_form_i1(c: Counts, g_work: float, m_bits: float) -> float:
-    """√2·G·sqrt(p_I p_F p_O/(ρ M)) − 4M: the segment bound with (I1) alone at T = 4M
-    (valid — (I1) alone over-estimates V* — but weaker than the numeric bound)."""
+    """The segment bound with (I1) alone at T = 4M: V_I1(6M) = sqrt(ρ(6M)³/(27 p_I p_F p_O)),
+    so X >= (4M − p_max)(G/V_I1 − 1) ≈ √2·G·sqrt(p_I p_F p_O/(ρ M)) − 4M. Valid ((I1) alone
+    over-estimates V*) but never stronger than the numeric bound."""
     if m_bits <= 0 or g_work <= 0:
         return 0.0
-    return (math.sqrt(2.0) * g_work * math.sqrt(c.p_in * c.p_filter * c.p_out / (c.rho * m_bits))
-            - 4.0 * m_bits)
+    v1 = math.sqrt(c.rho * (6.0 * m_bits) ** 3 / (27.0 * c.p_in * c.p_filter * c.p_out))
+    return (4.0 * m_bits - c.p_max) * (g_work / v1 - 1.0)
 
 
 def _check_memory(memory_bytes: float) -> float:

@@ -5,6 +5,7 @@ padding 0-1; and the tempting sqrt(I*F*O) inequality is caught as false."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 
@@ -97,7 +98,13 @@ def closure_sets(space: Space, rng: np.random.Generator, count: int):
 
 
 def collect(spec: ConvSpec, seed: int = 0) -> np.ndarray:
-    """(|V'|, I, F, O) rows for every enumerated set of a tiny problem."""
+    """(|V'|, I, F, O) rows for every enumerated set of a tiny problem (they do not
+    depend on the precision, so they are cached per shape and seed)."""
+    return _collect(spec.with_precision(PRESETS["fp32"]), seed).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _collect(spec: ConvSpec, seed: int) -> np.ndarray:
     space = Space(spec)
     rng = np.random.default_rng(seed)
     rows = [space.measure_box(box) for box in all_boxes(space.shape)]
