@@ -144,6 +144,8 @@ def test_cli_run_verify_json_save(tmp_path, warm_numba):
     d = json.loads(out_json.read_text())
     assert {"grid", "lower_bound_bytes", "ranks"} <= set(d)
     assert len(d["ranks"]) == 3 and d["measured_equals_planned"] and d["verify"]["ok"]
+    max_recv = max(e["recv_bytes"] for e in d["ranks"])
+    assert d["lower_bound_bytes"] is None or max_recv >= d["lower_bound_bytes"]  # bound holds
     for e in d["ranks"]:
         assert e["recv_bytes"] == e["planned_recv_bytes"] == e["planner_recv_bytes"]
         assert e["send_bytes"] == e["planned_send_bytes"]
