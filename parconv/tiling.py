@@ -422,6 +422,55 @@ def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
     return best
 
 
+def _grid(spec: ConvSpec, tiles: dict) -> dict[str, np.ndarray]:
+    arrs = np.broadcast_arrays(*(np.asarray(tiles[d], dtype=np.int64) for d in DIMS))
+    t = dict(zip(DIMS, arrs))
+    for d, e in extents(spec).items():
+        if t[d].size and (t[d].min() < 1 or t[d].max() > e):
+            raise ValueError(f"tile[{d!r}] outside 1..{e} (the loop's extent)")
+    return t
+
+
+def _axis_arrays(axis: Axis, t_out: np.ndarray, t_ker: np.ndarray):
+    """Flattened tables (last axis 3·role_out + role_ker) and max footprints per element."""
+    tab = np.zeros(t_out.shape + (9,), dtype=np.int64)
+    mx = np.zeros(t_out.shape, dtype=np.int64)
+    for a, b in np.unique(np.stack([t_out.ravel(), t_ker.ravel()], axis=1), axis=0).tolist():
+        at = axis_table(axis, a, b)
+        sel = (t_out == a) & (t_ker == b)
+        tab[sel] = [v for row in at.table for v in row]
+        mx[sel] = at.max_x
+    return tab, mx
+
+
+def traffic_bits_grid(spec: ConvSpec, order: str, tiles: dict) -> np.ndarray:
+    """:func:`tiling_traffic_bits` for many tilings at once: ``tiles`` maps each loop to
+    an array of tile sizes (broadcast together); returns int64 bits per tiling."""
+    return traffic_bits_grids(spec, [order], tiles)[order]
+
+
+def traffic_bits_grids(spec: ConvSpec, orders, tiles: dict) -> dict[str, np.ndarray]:
+    """:func:`traffic_bits_grid` for several orders (tables shared): order -> bits."""
+    perms = {o: loop_order(o) for o in orders}
+    t = _grid(spec, tiles)
+    ext = extents(spec)
+    n = {d: -(-ext[d] // t[d]) for d in DIMS}
+    htab, _ = _axis_arrays(spec.axes[0], t["h"], t["r"])
+    wtab, _ = _axis_arrays(spec.axes[1], t["w"], t["s"])
+    return {o: np.broadcast_to(_vector_traffic(spec, perm, n, htab, wtab), t["b"].shape)
+            for o, perm in perms.items()}
+
+
+def footprint_bits_grid(spec: ConvSpec, tiles: dict) -> np.ndarray:
+    """Total peak working set in bits (:func:`footprint_bits` summed) for many tilings."""
+    t = _grid(spec, tiles)
+    p = spec.precision
+    _, xh = _axis_arrays(spec.axes[0], t["h"], t["r"])
+    _, xw = _axis_arrays(spec.axes[1], t["w"], t["s"])
+    return (p.p_input * t["b"] * t["c"] * xh * xw + p.p_filter * t["k"] * t["c"] * t["r"] * t["s"]
+            + p.p_accum * t["b"] * t["k"] * t["h"] * t["w"])
+
+
 def _vector_traffic(spec: ConvSpec, perm: str, n: dict, htab: np.ndarray, wtab: np.ndarray):
     """:func:`traffic_breakdown` summed, vectorised over broadcastable tile-count arrays
     ``n`` (int64) and flattened axis tables ``htab``/``wtab`` (last axis: 3·role + role)."""
