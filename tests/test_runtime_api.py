@@ -125,3 +125,30 @@ def test_fault_injection_only_on_the_named_rank_and_phase():
         fault_point("input_halo", 2, env)
     assert corrupt_requested(2, {"PARCONV_FAULT_RANK": "2", "PARCONV_FAULT_PHASE": "corrupt_output"})
     assert not corrupt_requested(2, env)
+
+
+@pytest.mark.parametrize("grid", [Grid(1, 1, 1, 2, 2), Grid(1, 1, 1, 3, 1)])
+def test_padded_window_for_gemmini_matches_the_window_kernel(grid):
+    """The explicit-padding window given to Gemmini computes what the offset kernel does."""
+    from parconv.gemmini.offload import run_local
+    from parconv.kernels import conv2d_window
+    from parconv.runtime.offload import check_offload, padded_window
+    from parconv.runtime.schedule import build_schedule
+
+    spec = spec_of("int8", kernel=(3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2),
+                   in_size=(9, 8))
+    check_offload(spec, "gemmini")
+    with pytest.raises(ValueError, match="int8/uint8"):
+        check_offload(spec_of("fp32"), "gemmini")
+    rng = np.random.default_rng(3)
+    for r in range(grid.size):
+        s = build_schedule(spec, grid, r)
+        (a, b), (c, d) = s.window
+        z = s.sizes
+        x = rng.integers(-128, 128, (z["b"], z["c_blk"], b - a, d - c)).astype(np.int8)
+        w = rng.integers(-128, 128, (z["k_blk"], z["c_blk"], 3, 3)).astype(np.int8)
+        out = np.zeros((z["b"], z["k_blk"], z["out_h"], z["out_w"]), np.int32)
+        conv2d_window(x, w, out, spec.stride, spec.dilation, s.offset)
+        acc, report = run_local(padded_window(x, s), w, spec.stride, spec.dilation)
+        np.testing.assert_array_equal(acc, out)
+        assert report["cycles"] > 0

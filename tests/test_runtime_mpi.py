@@ -159,6 +159,20 @@ def test_cli_run_verify_json_save(tmp_path, warm_numba):
     np.testing.assert_array_equal(z["output"], ref)
 
 
+def test_cli_gemmini_offload_reports_cycles_and_dram(tmp_path, warm_numba):
+    out_json = tmp_path / "g.json"
+    proc, _ = mpiexec(2, parconv_cli("--in-channels", "4", "--out-channels", "3", "--input", "7,6",
+                                     "--kernel", "3", "--stride", "2", "--padding", "1",
+                                     "--dtype", "uint8", "--grid", "1x1x1x1x2", "--offload",
+                                     "gemmini", "--verify", "--json", str(out_json)))
+    assert proc.returncode == 0, proc.stderr
+    assert "gemmini cycles" in proc.stdout and "bit-exact" in proc.stdout
+    d = json.loads(out_json.read_text())
+    assert d["offload"] == "gemmini" and d["measured_equals_planned"]
+    for e in d["ranks"]:
+        assert e["gemmini"]["cycles"] > 0 and e["gemmini"]["dram_bytes"] > 0
+
+
 def test_cli_verify_detects_a_wrong_result(warm_numba):
     env = mpi_env() | {"PARCONV_FAULT_RANK": "1", "PARCONV_FAULT_PHASE": "corrupt_output"}
     proc, _ = mpiexec(2, parconv_cli("--in-channels", "2", "--out-channels", "3", "--input", "6",
@@ -177,6 +191,8 @@ BAD = [
     (["--in-channels", "2", "--out-channels", "2", "--input", "3", "--kernel", "5"],
      "empty output"),
     (["--grid", "2x1"], "expected five positive integers"),
+    (["--offload", "gemmini", "--grid", "2x1x1x1x1", "--batch", "2"],
+     "--offload gemmini runs int8/uint8 x int8 -> int32 only"),
 ]
 
 

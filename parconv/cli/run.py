@@ -41,6 +41,9 @@ def register(sub) -> None:
     add_json_arg(p)
     p.add_argument("--save", metavar="FILE.npz",
                    help="save the gathered global input, weight and output on rank 0")
+    p.add_argument("--offload", choices=["none", "gemmini"], default="none",
+                   help="local compute on a modelled Gemmini (int8/uint8 presets only): reports "
+                        "each node's modelled cycles and DRAM bytes beside its network bytes")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run_command)
 
@@ -62,6 +65,7 @@ def run_command(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
     from ..runtime.errors import abort_on_exception, check_slurm, fault_point, validate_run
+    from ..runtime.offload import check_offload, gemmini_local_compute
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -77,6 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
         memory = memory_from_args(args)
         the_plan, source = _choose_grid(spec, args.grid, size, memory)
         validate_run(spec, the_plan.grid, size, memory)
+        check_offload(spec, args.offload)
     except (ValueError, OverflowError) as exc:
         if rank == 0 or "SLURM" in str(exc):
             print(f"parconv run: error: {exc}", file=sys.stderr, flush=True)
@@ -94,7 +99,8 @@ def run_command(args: argparse.Namespace) -> int:
             "output reduce-scatter")
         comm.Barrier()
         t0 = time.perf_counter()
-        res = conv2d_distributed(spec, grid, x, w, comm)
+        local = gemmini_local_compute if args.offload == "gemmini" else None
+        res = conv2d_distributed(spec, grid, x, w, comm, local_compute=local)
         wall = time.perf_counter() - t0
         entry = _rank_entry(res, wall)
         entries = comm.gather(entry, root=0)
@@ -140,6 +146,7 @@ def _rank_entry(res, wall: float) -> dict:
         "planned_recv_bytes": s.recv_bytes, "planned_send_bytes": s.send_bytes,
         "operations": ops,
         "phase_seconds": dict(res.stats.seconds), "wall_seconds": wall,
+        "gemmini": res.stats.extra.get("gemmini"),
     }
 
 
@@ -167,6 +174,7 @@ def _report(args, spec, the_plan, source, entries, verdict) -> None:
         "verify": None if verdict is None else {"ok": verdict.ok, "message": verdict.message,
                                                  "max_abs_error": verdict.max_abs_error,
                                                  "worst_error_over_tolerance": verdict.worst_ratio},
+        "offload": args.offload,
         "ranks": entries,
     }
     if args.json not in (None, "-"):
@@ -185,8 +193,12 @@ def _report(args, spec, the_plan, source, entries, verdict) -> None:
                      "yes" if e["recv_bytes"] == e["planned_recv_bytes"]
                      and e["send_bytes"] == e["planned_send_bytes"] else "NO",
                      f"{e['phase_seconds'].get('compute', 0.0):.3f}", f"{e['wall_seconds']:.3f}"])
+        if e["gemmini"]:
+            rows[-1] += [e["gemmini"]["cycles"], e["gemmini"]["dram_bytes"]]
     header = ["rank", "b,k,c,h,w", *(f"{s} recv" for s in short.values()), "recv B",
               "planned recv", "send B", "match", "compute s", "wall s"]
+    if entries[0]["gemmini"]:
+        header += ["gemmini cycles", "gemmini DRAM B"]
     print(table(rows, header))
     lbt = f"{format_bytes(lb)} ({lb:.0f} B)" if lb else "vacuous"
     ratio = f", {max_recv / lb:.3f}x the bound" if lb else ""
