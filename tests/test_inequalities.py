@@ -180,3 +180,45 @@ def test_footprints_are_clipped_to_the_used_arrays():
     big = max_iterations(spec, 1e9, 1e9, 1e9)
     assert big == c.g_real
     assert max_iterations(spec, 0, 5, 5) == 0.0
+
+
+def random_tiny_specs(n: int, seed: int = 11):
+    """Random tiny layers: per-axis strides 1-3, dilations 1-2, padding 0-1."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while len(out) < n:
+        ker = tuple(int(v) for v in rng.integers(1, 4, 2))
+        st = tuple(int(v) for v in rng.integers(1, 4, 2))
+        dil = tuple(int(v) for v in rng.integers(1, 3, 2))
+        pad = tuple(int(v) for v in rng.integers(0, 2, 2))
+        ins = tuple(int(v) for v in rng.integers(2, 9, 2))
+        try:
+            spec = ConvSpec(int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 3)),
+                            ins, ker, st, pad, dil)
+        except ValueError:
+            continue
+        if spec.H * spec.W <= 24:
+            out.append(spec)
+    return out
+
+
+@pytest.mark.parametrize("spec", random_tiny_specs(12), ids=lambda s: s.describe().replace(" ", "_"))
+def test_inequalities_on_random_layers(spec):
+    """Random shapes: random sub-boxes, residue classes and closures."""
+    space = Space(spec)
+    rng = np.random.default_rng(3)
+    rows = []
+    for _ in range(300):
+        box = []
+        for n in space.shape:
+            lo = int(rng.integers(0, n))
+            box.append(slice(lo, int(rng.integers(lo + 1, n + 1))))
+        rows.append(space.measure_box(tuple(box)))
+    rows += [space.measure(m) for m in residue_sets(space, rng, 60)]
+    rows += [space.measure(m) for m in closure_sets(space, rng, 60)]
+    rows.append(space.measure(np.ones(space.shape, dtype=bool)))
+    rows = np.array([r for r in rows if r[0] > 0], dtype=float)
+    n, i, f, o = rows.T
+    for name, bound in inequalities(spec, i, f, o).items():
+        assert np.all(n <= np.asarray(bound) * (1 + 1e-12)), name
+    assert rows[:, 0].max() == real_iterations(spec)
