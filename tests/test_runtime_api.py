@@ -100,8 +100,9 @@ def test_slurm_world_size_check():
     check_slurm(4, {"SLURM_NTASKS": "4"})
     check_slurm(1, {})
     with pytest.raises(RunInputError, match="SLURM_NTASKS=4"):
-        check_slurm(1, {"SLURM_NTASKS": "4"})
-    check_slurm(1, {"SLURM_NTASKS": "4", "PARCONV_NO_SLURM_CHECK": "1"})
+        check_slurm(1, {"SLURM_NTASKS": "4"})  # N copies of "rank 0 of 1"
+    check_slurm(2, {"SLURM_NTASKS": "4", "PMI_SIZE": "2"})  # mpiexec -n 2 inside an allocation
+    check_slurm(1, {"SLURM_NTASKS": "4", "PARCONV_SKIP_WORLD_CHECK": "1"})
 
 
 def test_local_block_checks():

@@ -206,10 +206,13 @@ def test_cli_bad_input_fails_fast_on_every_rank(extra, message):
 
 
 def test_cli_slurm_world_size_mismatch():
-    env = mpi_env() | {"SLURM_NTASKS": "4"}
-    proc, _ = mpiexec(2, parconv_cli("--grid", "2x1x1x1x1"), timeout=60, env=env)
+    """Under SLURM, a process that finds itself "rank 0 of 1" while SLURM started 4 tasks
+    (an MPI build that did not pick up the job) stops with the reason."""
+    env = mpi_env() | {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "1"}
+    proc = subprocess.run(parconv_cli("--grid", "1x1x1x1x1"), capture_output=True, text=True,
+                          timeout=60, env=env, cwd=ROOT)
     assert proc.returncode == 2
-    assert "SLURM_NTASKS=4" in proc.stderr
+    assert "MPI world size is 1 but SLURM_NTASKS=4" in proc.stderr
 
 
 @pytest.mark.parametrize("phase", ["input_halo", "compute"])

@@ -69,23 +69,22 @@ def validate_run(spec: ConvSpec, grid: Grid, world_size: int, memory_bytes: int 
 
 
 def check_slurm(world_size: int, env=None) -> None:
-    """Under SLURM, the MPI world must have SLURM_NTASKS ranks (some MPI builds under a
-    plain ``srun`` start N copies of "rank 0 of 1"). PARCONV_NO_SLURM_CHECK=1 skips it.
+    """The MPI world size must be what the launcher asked for (some MPI builds under a
+    plain ``srun`` start N copies of "rank 0 of 1"): the process manager's ``PMI_SIZE`` /
+    ``OMPI_COMM_WORLD_SIZE`` when set, else ``SLURM_STEP_NUM_TASKS`` / ``SLURM_NTASKS``
+    (:func:`parconv.mpienv.check_world_size`; ``PARCONV_SKIP_WORLD_CHECK=1`` skips it).
 
     Raises
     ------
     RunInputError
-        On a mismatch.
+        On a mismatch, naming both numbers and the likely cause.
     """
-    env = os.environ if env is None else env
-    n = env.get("SLURM_NTASKS")
-    if not n or env.get("PARCONV_NO_SLURM_CHECK") == "1":
-        return
-    if n.isdigit() and int(n) != world_size:
-        raise RunInputError(
-            f"MPI world size is {world_size} but SLURM_NTASKS={n}: the MPI library did not "
-            "pick up the SLURM job (try `srun --mpi=pmi2` or `--mpi=pmix`, or mpiexec from the "
-            "same MPI that mpi4py was built with); set PARCONV_NO_SLURM_CHECK=1 to skip")
+    from ..mpienv import WorldSizeError, check_world_size
+
+    try:
+        check_world_size(world_size, env)
+    except WorldSizeError as exc:
+        raise RunInputError(str(exc)) from None
 
 
 def check_local_blocks(spec: ConvSpec, grid: Grid, rank: int, x: np.ndarray,
