@@ -272,3 +272,18 @@ def test_random_shapes(B, C, K, R, S, sh, sw, dh, dw, ph, pw, extra_h, extra_w, 
     conv2d_window(x, w, out, (sh, sw), (dh, dw), (-ph, -pw), block_cols=block_cols,
                   chunk_rows=chunk_rows)
     assert_matches(out, ref, C * R * S)
+
+
+@pytest.mark.parametrize("xd", [np.float32, np.float64])
+@pytest.mark.parametrize("oh,hx,chunk_rows,accumulate", [
+    (0, 17, 2304, False), (2, 21, 2304, False), (1, 18, 3, True), (0, 17, 4, False)])
+def test_1x1_reads_input_in_place(xd, oh, hx, chunk_rows, accumulate):
+    """1x1 stride 1 with whole input rows and >= DIRECT_MIN_COLS outputs: GEMM on views."""
+    from parconv.kernels import window
+    x, w = operands((2, 7, hx, 16), (5, 7, 1, 1), xd, xd, seed=9)
+    H = 17
+    assert H * 16 >= window.DIRECT_MIN_COLS
+    ref = reference(np.ascontiguousarray(x[:, :, oh:oh + H]), w, 1, 0, 1)
+    out = np.ones(ref.shape, dtype=ref.dtype)
+    conv2d_window(x, w, out, 1, 1, (oh, 0), accumulate=accumulate, chunk_rows=chunk_rows)
+    assert_matches(out, ref + (1 if accumulate else 0), 7)

@@ -18,8 +18,7 @@ input-sized float copy:
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit
+from numba import intp, njit, uint32, uint64
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
@@ -33,49 +32,60 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
     Reduction row ``q = (c*R + r)*S + s``; output row unit ``u`` is image ``u // H``,
     output row ``u % H``. Panel entry ``[q-q0, (u-u0)*W + w]`` holds
     ``x[b, c, sh*h + dh*r + oh, sw*w + dw*s + ow]``, or 0 outside ``x``.
+    ``x`` and ``panel`` must be C-contiguous; the copy loops use unsigned flat indices
+    (no negative-index wrap-around), which lets LLVM vectorise them.
     """
+    C = x.shape[1]
     Hx = x.shape[2]
     Wx = x.shape[3]
+    xf = x.ravel()
+    pf = panel.ravel()
+    pb = panel_bits.ravel()
+    ncol = panel.shape[1]
     RS = R * S
     for q in range(q0, q1):
         c = q // RS
         t = q - c * RS
         r = t // S
         s = t - r * S
-        row = q - q0
         iw0 = dw * s + ow
         # valid output columns w: 0 <= sw*w + iw0 < Wx
         wlo = 0 if iw0 >= 0 else (-iw0 + sw - 1) // sw
         whi = (Wx - 1 - iw0) // sw + 1
-        if whi > W:
-            whi = W
-        if wlo > W:
-            wlo = W
-        if whi < wlo:
-            whi = wlo
+        whi = min(whi, W)
+        wlo = min(wlo, W)
+        whi = max(whi, wlo)
+        n = uint64(whi - wlo)
+        step = uint64(sw)
         for u in range(nunits):
             uu = u0 + u
             b = uu // H
             h = uu - b * H
             ih = sh * h + dh * r + oh
-            j0 = u * W
+            d = uint64((q - q0) * ncol + u * W)
             if ih < 0 or ih >= Hx:
-                for j in range(j0, j0 + W):
-                    panel[row, j] = 0
+                for j in range(W):
+                    pf[d + uint64(j)] = 0
                 continue
-            for j in range(j0, j0 + wlo):
-                panel[row, j] = 0
-            for j in range(j0 + whi, j0 + W):
-                panel[row, j] = 0
+            for j in range(wlo):
+                pf[d + uint64(j)] = 0
+            for j in range(whi, W):
+                pf[d + uint64(j)] = 0
+            src = uint64(((b * C + c) * Hx + ih) * Wx + iw0 + sw * wlo)
+            d0 = d + uint64(wlo)
             if code == 0:
-                for w in range(wlo, whi):
-                    panel[row, j0 + w] = x[b, c, ih, sw * w + iw0]
+                if sw == 1:
+                    for i in range(n):
+                        pf[d0 + i] = xf[src + i]
+                else:
+                    for i in range(n):
+                        pf[d0 + i] = xf[src + step * i]
             elif code == 1:
-                for w in range(wlo, whi):
-                    panel_bits[row, j0 + w] = np.uint32(x[b, c, ih, sw * w + iw0]) << 16
+                for i in range(n):
+                    pb[d0 + i] = uint32(xf[src + step * i]) << 16
             else:
-                for w in range(wlo, whi):
-                    panel[row, j0 + w] = lut[np.intp(x[b, c, ih, sw * w + iw0])]
+                for i in range(n):
+                    pf[d0 + i] = lut[intp(xf[src + step * i])]
 
 
 @njit(**_JIT)

@@ -26,6 +26,8 @@ from .threads import resolve_threads, single_threaded_blas
 #: default block width (output columns per GEMM) and float reduction chunk (panel rows).
 BLOCK_COLS = 1024
 CHUNK_ROWS = 2304
+#: smallest image (output columns) for which 1x1 stride-1 GEMMs read the input in place.
+DIRECT_MIN_COLS = 256
 
 _F16 = np.dtype(np.float16)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -182,17 +184,25 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         chunk_rows = min(chunk_rows, exact_chunk_rows(x.dtype, w.dtype))
     chunks = plan_chunks(rows, chunk_rows)
     blocks = plan_blocks(B, H, W, block_cols)
+    # 1x1, stride 1, whole input rows: the GEMM reads x itself, nothing is packed.
+    x_view = None
+    if (R == 1 and S == 1 and sh == 1 and sw == 1 and ow == 0 and x.shape[3] == W
+            and 0 <= oh and oh + H <= x.shape[2] and code == 0 and x.dtype == panel_dtype
+            and H * W >= DIRECT_MIN_COLS):
+        x_view = x.reshape(B, C, x.shape[2] * W)[:, :, oh * W:(oh + H) * W]
+        blocks = [(b * H, H) for b in range(B)]
     max_rows = max(q1 - q0 for q0, q1 in chunks)
     max_cols = max(n for _, n in blocks) * W
     out_mat = out.reshape(B, K, H * W)
     geometry = (H, W, R, S, sh, sw, dh, dw, oh, ow)
 
     def run(block_list):
-        panel_buf = np.empty(max_rows * max_cols, dtype=panel_dtype)
-        tmp_buf = np.empty(K * max_cols, dtype=panel_dtype)
+        panel_buf = np.empty(0 if x_view is not None else max_rows * max_cols, dtype=panel_dtype)
+        need_tmp = x_view is None or accumulate or len(chunks) > 1
+        tmp_buf = np.empty(K * max_cols if need_tmp else 0, dtype=panel_dtype)
         for u0, nu in block_list:
-            _block(xk, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu,
-                   geometry, panel_buf, tmp_buf)
+            _block(xk, x_view, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0,
+                   nu, geometry, panel_buf, tmp_buf)
 
     with single_threaded_blas():
         if nthreads == 1 or len(blocks) == 1:
@@ -205,8 +215,8 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
                     fut.result()
 
 
-def _block(xk, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu, geometry,
-           panel_buf, tmp_buf) -> None:
+def _block(xk, x_view, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu,
+           geometry, panel_buf, tmp_buf) -> None:
     """One output block: pack + GEMM per reduction chunk, result into ``out``."""
     H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
     K = wm.shape[0]
@@ -215,8 +225,12 @@ def _block(xk, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu,
     direct = (not integer) and (u0 + nu - 1) // H == b0
     first = True
     for q0, q1 in chunks:
-        panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
-        _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry)
+        if x_view is not None:
+            h0 = u0 - b0 * H
+            panel = x_view[b0, q0:q1, h0 * W:h0 * W + ncols]
+        else:
+            panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
+            _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry)
         wchunk = wm[:, q0:q1]
         assign = first and not accumulate
         if direct:
