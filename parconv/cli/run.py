@@ -13,7 +13,6 @@ import sys
 import time
 
 from .common import (
-    add_json_arg,
     add_layer_args,
     add_memory_arg,
     emit_json,
@@ -38,7 +37,9 @@ def register(sub) -> None:
     p.add_argument("--verify", action="store_true",
                    help="gather on rank 0 and compare with parconv.reference (integers bit-exact, "
                         "floats within the tolerance of docs/runtime.md); exit 1 on mismatch")
-    add_json_arg(p)
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the report as JSON to FILE (the table still goes to stdout), or "
+                        "to stdout instead of the table when no FILE is given")
     p.add_argument("--save", metavar="FILE.npz",
                    help="save the gathered global input, weight and output on rank 0")
     p.add_argument("--offload", choices=["none", "gemmini"], default="none",
@@ -71,8 +72,9 @@ def run_command(args: argparse.Namespace) -> int:
     rank, size = comm.Get_rank(), comm.Get_size()
 
     def say(msg: str) -> None:
-        if rank == 0 and not args.quiet:
-            print(f"[parconv run] {msg}", flush=True)
+        if rank == 0 and not args.quiet:  # keep stdout pure JSON with --json alone
+            print(f"[parconv run] {msg}", flush=True,
+                  file=sys.stderr if args.json == "-" else sys.stdout)
 
     # -- validation: same arguments, same decision on every rank, no communication ----
     try:
