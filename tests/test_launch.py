@@ -160,12 +160,14 @@ def test_real_launch_two_ranks(tmp_path):
 @pytest.mark.timeout(60)
 def test_singleton_under_fake_slurm_is_caught():
     """A process started without a process manager is 'rank 0 of 1'; with SLURM_NTASKS=4
-    check_world_size names the problem (what a misconfigured `srun` produces)."""
-    code = ("from mpi4py import MPI; from parconv.mpienv import check_world_size; "
-            "check_world_size(MPI.COMM_WORLD.Get_size())")
-    r = subprocess.run([sys.executable, "-c", code], env=_clean_env(SLURM_NTASKS="4"),
-                       capture_output=True, text=True, timeout=50)
-    assert r.returncode != 0 and "MPI world size is 1 but SLURM_NTASKS=4" in r.stderr
-    r = subprocess.run([sys.executable, "-c", code], env=_clean_env(), capture_output=True,
-                       text=True, timeout=50)
+    `parconv run` stops at start-up naming the problem (what a misconfigured `srun`
+    produces), and runs when the counts agree."""
+    cmd = [sys.executable, "-m", "parconv", "run", "--quiet", "--in-channels", "2",
+           "--out-channels", "3", "--input", "4,4", "--kernel", "1"]
+    r = subprocess.run(cmd, env=_clean_env(SLURM_NTASKS="4"), capture_output=True, text=True,
+                       timeout=50)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "MPI world size is 1 but SLURM_NTASKS=4" in r.stderr and "srun --mpi=pmix" in r.stderr
+    r = subprocess.run(cmd, env=_clean_env(SLURM_NTASKS="1"), capture_output=True, text=True,
+                       timeout=50)
     assert r.returncode == 0, r.stderr
