@@ -90,7 +90,8 @@ def test_cases_cover_every_grid_dimension_and_feature():
 # -- randomised shapes and grids (hypothesis draws a whole batch for one launch) ---------
 
 PRIMES_GRIDS = {3: ["3x1x1x1x1", "1x3x1x1x1", "1x1x3x1x1", "1x1x1x3x1", "1x1x1x1x3"],
-                4: ["1x1x1x2x2", "2x2x1x1x1", "1x2x2x1x1", "1x1x2x1x2", "1x1x1x4x1", "2x1x1x2x1"]}
+                4: ["1x1x1x2x2", "2x2x1x1x1", "1x2x2x1x1", "1x1x2x1x2", "1x1x1x4x1", "2x1x1x2x1"],
+                6: ["1x1x1x3x2", "1x2x3x1x1", "2x1x1x1x3", "3x2x1x1x1", "1x1x2x3x1", "1x3x1x2x1"]}
 
 
 @st.composite
@@ -116,7 +117,7 @@ def random_case(draw, nprocs: int, i: int):
                 list(kernel), list(stride), list(pad), list(dil), dtype, seed=draw(st.integers(0, 99)))
 
 
-@pytest.mark.parametrize("nprocs", [3, 4])
+@pytest.mark.parametrize("nprocs", [3, 4, 6])
 @settings(max_examples=1, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
 @given(data=st.data())
@@ -191,6 +192,7 @@ BAD = [
     (["--in-channels", "2", "--out-channels", "2", "--input", "3", "--kernel", "5"],
      "empty output"),
     (["--grid", "2x1"], "expected five positive integers"),
+    (["--grid", "1x1x1x1x2", "--memory", "1KiB"], "more than --memory"),
     (["--offload", "gemmini", "--grid", "2x1x1x1x1", "--batch", "2"],
      "--offload gemmini runs int8/uint8 x int8 -> int32 only"),
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 
 def case(name, grid, batch, c, k, hw, kernel, stride=1, padding=0, dilation=1, dtype="fp32",
-         seed=0, expect_error=None, corrupt_rank=None) -> dict:
+         seed=0, expect_error=None, corrupt_rank=None, source=None) -> dict:
     def pair(v):
         return [v, v] if isinstance(v, int) else list(v)
 
@@ -19,6 +19,8 @@ def case(name, grid, batch, c, k, hw, kernel, stride=1, padding=0, dilation=1, d
                   "dilation": pair(dilation), "dtype": dtype}}
     if expect_error:
         d["expect_error"] = expect_error
+    if source:
+        d["source"] = source
     if corrupt_rank is not None:
         d["corrupt_rank"] = corrupt_rank
     return d
@@ -41,6 +43,8 @@ CASES: dict[int, list[dict]] = {
     3: [
         case("h split 3 stride2", "1x1x1x3x1", 2, 3, 2, 13, 3, stride=2, padding=1, dtype="int8"),
         case("k split 3 c-sub", "1x3x1x1x1", 2, 4, 7, 6, 3, padding=1),
+        case("scattered from rank 0", "1x1x1x1x3", 2, 3, 4, (5, 9), 3, padding=1, dtype="int8",
+             source="scatter"),
         case("c split 3 uneven", "1x1x3x1x1", 1, 4, 5, 5, 3, padding=1, dtype="fp64"),
         case("b split 3 uneven", "3x1x1x1x1", 4, 2, 3, 6, 2),
         case("w split 3 dilation", "1x1x1x1x3", 1, 2, 2, (6, 14), 3, dilation=2, padding=1,
@@ -62,7 +66,7 @@ CASES: dict[int, list[dict]] = {
     ],
     6: [
         case("3x2 plane uneven", "1x1x1x3x2", 2, 2, 3, (10, 7), 3, padding=1, dtype="int8"),
-        case("k3 x c2", "1x3x2x1x1", 1, 5, 7, 5, 3, padding=1),
+        case("k3 x c2", "1x3x2x1x1", 1, 5, 7, 5, 3, padding=1, source="scatter"),
         case("b2 x c3 1x1", "2x1x3x1x1", 3, 7, 4, 5, 1, dtype="bf16"),
         case("k2 x w3 stride2", "1x2x1x1x3", 2, 3, 4, (8, 13), 3, stride=2, dtype="fp64"),
     ],

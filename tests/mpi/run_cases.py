@@ -3,7 +3,8 @@
 Usage: ``mpiexec -n P python tests/mpi/run_cases.py CASES.json RESULTS.json``
 
 ``CASES.json`` is a list of ``{"name", "spec": {...ConvSpec fields, "dtype"}, "grid",
-"seed"}``. Each case runs on every rank through the public API (seeded local blocks,
+"seed"}`` (optional ``"source": "scatter"``: the operands are
+built on rank 0 and scattered instead of generated per rank). Each case runs on every rank through the public API (seeded local blocks,
 :func:`conv2d_distributed`), then rank 0 gathers the output, compares it with the
 reference and compares every rank's measured bytes with ``partition.rank_volume``.
 A case whose grid is refused records the error message (raised on every rank before
@@ -24,6 +25,7 @@ from parconv.runtime import (
     RunInputError,
     conv2d_distributed,
     gather_blocks,
+    scatter_operands,
     seeded_operands_global,
     seeded_operands_local,
 )
@@ -43,8 +45,13 @@ def run_case(comm, case: dict) -> dict | None:
     spec, grid = make_spec(case["spec"]), Grid.parse(case["grid"])
     t0 = time.perf_counter()
     try:
-        x, w = seeded_operands_local(spec, grid, rank, case.get("seed", 0)) \
-            if grid.size == comm.Get_size() else (None, None)
+        if case.get("source") == "scatter":  # global arrays on rank 0, scattered
+            xg, wg = seeded_operands_global(spec, case.get("seed", 0)) if rank == 0 else (None, None)
+            x, w = scatter_operands(spec, grid, comm, xg, wg)
+        elif grid.size == comm.Get_size():
+            x, w = seeded_operands_local(spec, grid, rank, case.get("seed", 0))
+        else:
+            x, w = None, None
         if case.get("corrupt_rank") == rank:
             x = x.astype("float64")
         res = conv2d_distributed(spec, grid, x, w, comm)
