@@ -287,3 +287,21 @@ def test_1x1_reads_input_in_place(xd, oh, hx, chunk_rows, accumulate):
     out = np.ones(ref.shape, dtype=ref.dtype)
     conv2d_window(x, w, out, 1, 1, (oh, 0), accumulate=accumulate, chunk_rows=chunk_rows)
     assert_matches(out, ref + (1 if accumulate else 0), 7)
+
+
+@pytest.mark.parametrize("offset,hx", [((-1, -1), 9), ((-2, -1), 9), ((0, 1), 12), ((2, -2), 7)])
+@pytest.mark.parametrize("block_cols,chunk_rows", [(8, 5), (20, 2304), (1024, 7)])
+def test_same_width_row_runs(offset, hx, block_cols, chunk_rows):
+    """Stride 1 with input rows as wide as output rows (the packer copies whole runs of
+    rows, then zeroes wrapped edge columns); blocks inside and across images."""
+    x, w = operands((3, 4, hx, 8), (5, 4, 3, 3), np.float32, np.float32, seed=11)
+    H, W, dil = 6, 8, (2, 1)
+    pad = 8
+    big = np.zeros((3, 4, hx + 2 * pad, 8 + 2 * pad), dtype=np.float32)
+    big[:, :, pad:pad + hx, pad:pad + 8] = x
+    lo_h, lo_w = pad + offset[0], pad + offset[1]
+    window = big[:, :, lo_h:lo_h + H + 2 * dil[0], lo_w:lo_w + W + 2 * dil[1]]
+    ref = reference(window, w, 1, 0, dil)
+    out = np.zeros(ref.shape, dtype=np.float32)
+    conv2d_window(x, w, out, 1, dil, offset, block_cols=block_cols, chunk_rows=chunk_rows)
+    assert_matches(out, ref, 36)

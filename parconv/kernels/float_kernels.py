@@ -24,6 +24,44 @@ _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
 
 @njit(**_JIT)
+def _pack_row_runs(xf, pf, d_row, c, r, u0, nunits, C, H, W, Hx, dh, oh, iw0, wlo, whi):
+    """One panel row when ``sh == sw == 1`` and input rows are as wide as output rows:
+    consecutive output rows read consecutive input rows, so each image's stretch is one
+    contiguous copy; the columns that wrapped into a neighbouring row (``w < wlo`` or
+    ``w >= whi``) are zeroed afterwards."""
+    size = xf.shape[0]
+    u = 0
+    while u < nunits:
+        uu = u0 + u
+        b = uu // H
+        h = uu - b * H
+        m = min(nunits - u, H - h)
+        ih0 = h + dh * r + oh
+        lo = min(max(0, -ih0), m)
+        hi = max(min(m, Hx - ih0), lo)
+        for j in range(u * W, (u + lo) * W):
+            pf[uint64(d_row + j)] = 0
+        for j in range((u + hi) * W, (u + m) * W):
+            pf[uint64(d_row + j)] = 0
+        if hi > lo:
+            src = ((b * C + c) * Hx + ih0 + lo) * W + iw0
+            dst = d_row + (u + lo) * W
+            i0 = max(0, -src)
+            i1 = min((hi - lo) * W, size - src)
+            s0 = uint64(src + i0)
+            d0 = uint64(dst + i0)
+            for i in range(uint64(max(i1 - i0, 0))):
+                pf[d0 + i] = xf[s0 + i]
+            for j in range(lo, hi):
+                e = dst + (j - lo) * W
+                for k in range(wlo):
+                    pf[uint64(e + k)] = 0
+                for k in range(whi, W):
+                    pf[uint64(e + k)] = 0
+        u += m
+
+
+@njit(**_JIT)
 def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
                sh, sw, dh, dw, oh, ow):
     """Fill ``panel[:q1-q0, :nunits*W]`` for reduction rows ``q0..q1`` and output rows
@@ -43,6 +81,7 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
     pb = panel_bits.ravel()
     ncol = panel.shape[1]
     RS = R * S
+    runs = code == 0 and sh == 1 and sw == 1 and Wx == W
     for q in range(q0, q1):
         c = q // RS
         t = q - c * RS
@@ -55,6 +94,10 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
         whi = min(whi, W)
         wlo = min(wlo, W)
         whi = max(whi, wlo)
+        if runs:
+            _pack_row_runs(xf, pf, (q - q0) * ncol, c, r, u0, nunits, C, H, W, Hx, dh, oh,
+                           iw0, wlo, whi)
+            continue
         n = uint64(whi - wlo)
         step = uint64(sw)
         for u in range(nunits):
