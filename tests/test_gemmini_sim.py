@@ -70,6 +70,7 @@ def test_bit_exact_and_counts_match_model(shape):
         compulsory = spec.input_used_elems + spec.filter_elems + spec.output_elems + 4 * spec.K
         assert res.dram_bytes["total"] >= compulsory
         assert res.cycles >= spec.macs / SMALL.dim ** 2
+        assert res.cycles >= spec.macs / (min(spec.C, SMALL.dim) * min(spec.K, SMALL.dim))
         assert res.instructions * SMALL.dim ** 3 >= spec.macs  # a compute: ≤ DIM rows × DIM²
 
 
