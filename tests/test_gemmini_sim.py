@@ -156,3 +156,19 @@ def test_run_local_rejects_dtypes():
         run_local(np.zeros((1, 3, 4, 4), np.float32), w, 1, 1)
     with pytest.raises(ValueError, match="int16"):
         run_local(np.zeros((1, 3, 4, 4), np.int8), w.astype(np.int16), 1, 1)
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[5]])
+def test_sequential_bound_never_beaten(shape):
+    """parconv's single-processor lower bound (one fast memory of scratchpad + accumulator
+    bytes, int8 stored outputs) holds for both Gemmini executions."""
+    from parconv.bounds import sequential_bound
+    from parconv.dtypes import Precision
+
+    spec = _spec(shape)
+    memory = SMALL.sp_rows * SMALL.dim + SMALL.acc_rows * SMALL.dim * 4
+    bound = sequential_bound(spec.with_precision(Precision("int8", "int8", "int32", "int8")),
+                             memory).bits / 8
+    assert bound > 0
+    for plan in _plans(spec, SMALL):
+        assert evaluate(spec, plan, SMALL).dram_bytes["total"] >= bound

@@ -329,9 +329,9 @@ def _max_fit(ok, hi: int) -> int:
     return lo
 
 
-def _quick_score(spec: ConvSpec, plan: Plan, cfg: GemminiConfig) -> float:
-    """A cheap estimate of a plan's cycles used to rank candidates: interior-tile load,
-    execute and store cycles, with the exact number of operand loads of the order."""
+def _quick_score(spec: ConvSpec, plan: Plan, cfg: GemminiConfig) -> tuple[float, float]:
+    """Cheap (cycles, DRAM bytes) estimates used to rank candidates: interior-tile load,
+    execute and store costs, with the exact number of operand loads of the order."""
     bb, th, tw, tk, kr, ks, tc = plan.tile
     n = {a: _ceil(v, t) for a, v, t in zip(LOOPS, (spec.B, spec.H, spec.W, spec.K, spec.R,
                                                     spec.S, spec.C), plan.tile)}
@@ -355,32 +355,43 @@ def _quick_score(spec: ConvSpec, plan: Plan, cfg: GemminiConfig) -> float:
     st = float(cyc.dma_cycles(srq, sbt, cfg)) / n_red
     ex = float(cyc.exec_cycles(bb, th, tw, tk, kr, ks, tc, cfg))
     ld = (loads(INPUT_LOOPS) * l_in + loads(WEIGHT_LOOPS) * l_w) / ntiles
-    return ntiles * max(ex, ld, st)
+    nbytes = loads(INPUT_LOOPS) * px * tc + loads(WEIGHT_LOOPS) * kr * ks * tc * tk
+    return ntiles * max(ex, ld, st), float(nbytes)
 
 
 def parconv_plan(spec: ConvSpec, config: GemminiConfig | None = None, bias: bool = False,
-                 raw: bool = False, max_bytes: int | None = None, keep: int = 40) -> tuple[Plan, Cost]:
-    """parconv's tiling: the cheapest plan (modelled cycles) among the candidates.
+                 raw: bool = False, max_bytes: int | None = None, max_cycles: int | None = None,
+                 cycle_slack: float = 0.005, keep: int = 40) -> tuple[Plan, Cost]:
+    """parconv's tiling: the least DRAM traffic among the (near-)fastest plans.
 
-    Candidates are ranked by a cheap execute-cycle estimate; the best ``keep`` per loop
-    order plus the largest tiles are priced exactly with :func:`evaluate`. Plans moving
-    more than ``max_bytes`` DRAM bytes are rejected when ``max_bytes`` is given.
+    Candidates (:func:`candidate_plans`) are ranked by cheap cycle and byte estimates; the
+    best ``keep`` by cycles, the best ``keep // 2`` by bytes, the largest tiles and the
+    library's own tile (run with parconv's reuse) are priced exactly with :func:`evaluate`.
+    Among those within ``cycle_slack`` of the fewest modelled cycles (and within
+    ``max_cycles`` / ``max_bytes`` when given) the one moving the fewest DRAM bytes wins.
 
     Returns
     -------
     (Plan, Cost)
+
+    Raises
+    ------
+    ValueError
+        When nothing fits the build or no candidate meets ``max_bytes``.
     """
     cfg = config or DEFAULT
     check_spec(spec)
-    return _search(spec, cfg, bias, raw, max_bytes, keep)
+    return _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, keep)
 
 
 @lru_cache(maxsize=512)
-def _search(spec, cfg, bias, raw, max_bytes, keep):
+def _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, keep):
     cands = list(candidate_plans(spec, cfg))
     if not cands:
         raise ValueError(f"no tile fits this Gemmini build for {spec.describe()}")
-    scored = sorted(cands, key=lambda p: (_quick_score(spec, p, cfg), -_volume(p)))
+    est = {p: _quick_score(spec, p, cfg) for p in cands}
+    by_cycles = sorted(cands, key=lambda p: (est[p][0], -_volume(p)))
+    by_bytes = sorted(cands, key=lambda p: (est[p][1], est[p][0]))
     by_volume = sorted(cands, key=lambda p: -_volume(p))
     # the library's own tile under parconv's order and reuse never costs more than the
     # library's execution, so the search can only improve on it
@@ -389,18 +400,22 @@ def _search(spec, cfg, bias, raw, max_bytes, keep):
         own = [Plan(vendor_plan(spec, cfg).tile, LIBRARY_ORDER, "parconv")]
     except ValueError:  # non-square layer: no library tile
         pass
-    pool = list(dict.fromkeys(own + scored[:keep] + by_volume[:keep // 4]))
-    best = None
+    pool = list(dict.fromkeys(own + by_cycles[:keep] + by_bytes[:keep // 2] + by_volume[:keep // 4]))
+    priced = []
     for p in pool:
         c = evaluate(spec, p, cfg, bias, raw)
         if max_bytes is not None and c.dram_bytes["total"] > max_bytes:
             continue
-        key = (c.cycles, c.dram_bytes["total"])
-        if best is None or key < best[0]:
-            best = (key, p, c)
-    if best is None:
+        priced.append((c.cycles, c.dram_bytes["total"], p, c))
+    if not priced:
         raise ValueError(f"no candidate tiling moves at most {max_bytes} DRAM bytes")
-    return best[1], best[2]
+    fastest = min(t[0] for t in priced)
+    limit = fastest * (1 + cycle_slack)
+    if max_cycles is not None:
+        limit = min(limit, max(max_cycles, fastest))
+    ok = [t for t in priced if t[0] <= limit]
+    _, _, plan, cost = min(ok, key=lambda t: (t[1], t[0]))
+    return plan, cost
 
 
 def _volume(p: Plan) -> int:
@@ -413,7 +428,8 @@ def compare(spec: ConvSpec, config: GemminiConfig = DEFAULT, bias: bool = False,
     """Vendor vs parconv on one layer: plans, costs and the speedup (cached)."""
     vp = vendor_plan(spec, config)
     vc = evaluate(spec, vp, config, bias, raw)
-    pp, pc = parconv_plan(spec, config, bias, raw, max_bytes=vc.dram_bytes["total"])
+    pp, pc = parconv_plan(spec, config, bias, raw, max_bytes=vc.dram_bytes["total"],
+                          max_cycles=vc.cycles)
     return {"vendor": (vp, vc), "parconv": (pp, pc), "speedup": vc.cycles / pc.cycles}
 
 
