@@ -24,12 +24,14 @@ import numpy as np
 
 from .inequalities import (
     I1,
+    I1W,
     NAMES,
     Counts,
     counts,
     inequalities,
     max_iterations,
     real_iterations,
+    weighted_work,
 )
 from .spec import ConvSpec
 
@@ -216,6 +218,54 @@ def _closed_form_i1(c: Counts, g_work: float, m_bits: float) -> float:
     return (4.0 * m_bits - c.p_max) * (g_work / v1 - 1.0)
 
 
+def _caps_bits(c: Counts) -> list[float]:
+    """Box limits of the footprints in bits, ascending."""
+    return sorted([c.p_in * c.in_used, c.p_filter * c.filter_used, c.p_out * c.out_used])
+
+
+def _max_sqrt_ifo(c: Counts, z: np.ndarray) -> np.ndarray:
+    """U(Z) = max sqrt(I·F·O) subject to p_I·I + p_F·F + p_O·O <= Z and the box limits
+    (exact: fill the smallest cap first, split the rest equally)."""
+    z = np.asarray(z, dtype=float)
+    rem, prod = z.copy(), np.ones_like(z)
+    for k, cap in enumerate(_caps_bits(c)):
+        y = np.minimum(cap, rem / (3 - k))
+        prod, rem = prod * y, rem - y
+    return np.sqrt(prod / (c.p_in * c.p_filter * c.p_out))
+
+
+def _min_sum_for_product(target: float, caps: list[float]) -> float:
+    """min y1+y2+y3 s.t. y1·y2·y3 >= target, y_j <= caps_j (ascending): equal split, a
+    variable whose cap is below the common level sits at its cap."""
+    lam = target ** (1.0 / 3.0)
+    if lam <= caps[0]:
+        return 3.0 * lam
+    lam = math.sqrt(target / caps[0])
+    if lam <= caps[1]:
+        return caps[0] + 2.0 * lam
+    return caps[0] + caps[1] + target / (caps[0] * caps[1])
+
+
+def _weighted_segment_bound(c: Counts, gw: float, m_bits: float) -> tuple[float, float]:
+    """(I1w) segment bound: sup_T (T − p_max)·(gw / U(2M + T) − 1), where gw is the
+    weighted work to do (each segment does at most U(2M+T) of it). Returns (bits, T)."""
+    total = sum(_caps_bits(c))
+    if gw <= 0 or total <= 0:
+        return 0.0, 0.0
+    best, best_t = 0.0, 0.0
+    tt = np.geomspace(1.0, max(total, 2.0), 400)
+    for _ in range(3):
+        t = tt + c.p_max
+        u = _max_sqrt_ifo(c, 2.0 * m_bits + t) * (1.0 + 1e-12)
+        val = (t - c.p_max) * (gw / u - 1.0)
+        k = int(np.argmax(val))
+        if val[k] > best:
+            best, best_t = float(val[k]), float(t[k])
+        lo, hi = tt[max(k - 1, 0)], tt[min(k + 1, tt.size - 1)]
+        tt = np.geomspace(lo, hi, 41) if hi > lo else tt
+    return best, best_t
+
+
 def _check_memory(memory_bytes: float) -> float:
     m = float(memory_bytes)
     if not math.isfinite(m) or m <= 0:
@@ -243,11 +293,16 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float) -> Bound:
     c = counts(spec)
     xc = float(compulsory_bits(spec))
     seg, v, t, (i, f, o) = _segment_bound(spec, float(c.g_real), m)
+    gw = weighted_work(spec)
+    segw, tw = _weighted_segment_bound(c, gw, m)
     details = {
         "memory_bits": m, "compulsory_bits": xc, "segment_bits": seg, "T_bits": t,
         "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "g_real": c.g_real,
         "rho": c.rho, "closed_form_I1_bits": _closed_form_i1(c, float(c.g_real), m),
+        "stride_class_bits": segw, "stride_class_T_bits": tw, "weighted_work": gw,
     }
+    if segw > max(seg * (1 + 1e-6), xc):   # (near-)ties keep the (I1)-(I3) label
+        return Bound(segw, I1W, segw <= 0, details)
     if seg > xc:
         tight = _tight(spec, v, i, f, o)
         details["tight"] = tight
@@ -270,9 +325,16 @@ def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: fl
     c = counts(spec)
     g_work = c.g_real / p
     seg, v, t, (i, f, o) = _segment_bound(spec, g_work, m)
+    gw = weighted_work(spec) / p
+    segw, tw = _weighted_segment_bound(c, gw, m)
     details = {"memory_bits": m, "procs": p, "iterations_per_proc": g_work, "T_bits": t,
                "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "rho": c.rho,
-               "closed_form_I1_bits": _closed_form_i1(c, g_work, m)}
+               "closed_form_I1_bits": _closed_form_i1(c, g_work, m), "segment_bits": seg,
+               "stride_class_bits": segw, "stride_class_T_bits": tw,
+               "weighted_work_per_proc": gw}
+    if segw > seg * (1 + 1e-6):
+        details["tight"] = [I1W]
+        return Bound(segw, I1W, segw <= 0, details)
     tight = _tight(spec, v, i, f, o) if seg > 0 else []
     details["tight"] = tight
     return Bound(seg, " + ".join(tight) if tight else "none (vacuous)", seg <= 0, details)
@@ -345,14 +407,20 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
     if g > 0:
         _, i, f, o = _solve(c, np.array([g]))
     owned = owned_bits(spec, p)
-    need = max(wf["total"], full)
+    gw = weighted_work(spec) / p
+    need_w = _min_sum_for_product(c.p_in * c.p_filter * c.p_out * gw * gw, _caps_bits(c)) \
+        if gw > 0 else 0.0
+    need = max(wf["total"], full, need_w)
     bits = need - owned
     binding = wf["regime"]
-    if full > wf["total"] * (1 + 1e-6):
+    if need_w > max(wf["total"], full) * (1 + 1e-6):
+        binding = f"{I1W}, {wf['regime']} water-filling weaker"
+    elif full > wf["total"] * (1 + 1e-6):
         binding += " + box/I3 limits"
     details = dict(wf)
     details.update({"procs": p, "iterations_per_proc": g, "owned_bits": owned,
                     "waterfill_bits": wf["total"], "full_solver_bits": full,
+                    "stride_class_bits": need_w, "weighted_work_per_proc": gw,
                     "footprint": {"I": float(i[0]), "F": float(f[0]), "O": float(o[0])},
                     "rho": c.rho})
     return Bound(bits, binding, bits <= 0, details)

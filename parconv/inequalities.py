@@ -11,7 +11,14 @@ of distinct input, filter and output elements V' touches. Then
 * (I3)  |V'| <= O*F,  O*I,  F*I                  two elements fix the iteration
 
 where rho is the exact multiplicity (``ConvSpec.rho``) and G_real the number of real
-iterations. The tempting |V'| <= sqrt(I*F*O) is FALSE (THEORY.md §2 pitfall) and is not
+iterations. A refinement of (I1) for strided layers splits V' by *stride class*
+kappa = (x mod σh, y mod σw) of the input it reads (classes touch disjoint inputs and
+disjoint filter taps):
+
+* (I1w) sum_kappa |V'_kappa| / sqrt(rho_kappa) <= sqrt(I * F * O)
+
+with rho_kappa the multiplicity within the class (max over kappa is rho); see
+:func:`stride_classes` and :func:`weighted_work`. The tempting |V'| <= sqrt(I*F*O) is FALSE (THEORY.md §2 pitfall) and is not
 used anywhere.
 
 The counts an analysis needs (bits per element, used array sizes, G_real) are gathered in
@@ -37,6 +44,8 @@ I3_OF = "I3: |V|<=O*F"
 I3_OI = "I3: |V|<=O*I"
 I3_FI = "I3: |V|<=F*I"
 NAMES: tuple[str, ...] = (I1, I2_OUT, I2_FILTER, I2_INPUT, I2_G, I3_OF, I3_OI, I3_FI)
+#: The stride-class refinement of (I1) (a bound on weighted work, not on |V'|).
+I1W = "I1w (Loomis-Whitney per stride class)"
 
 
 def _axis_usage(ax: Axis) -> tuple[int, int, int]:
@@ -118,6 +127,34 @@ def counts(spec: ConvSpec) -> Counts:
         out_used=spec.B * spec.K * hh * hw,
         in_total=spec.input_elems, filter_total=spec.filter_elems, out_total=spec.output_elems,
     )
+
+
+def stride_classes(ax: Axis) -> dict[int, tuple[int, int]]:
+    """Stride classes of one axis: ``{x mod σ: (real (h, r) pairs reading such x,
+    multiplicity within the class = max count of one such x)}`` (non-empty classes only).
+
+    A tap r reads only rows x ≡ δ·r − pad (mod σ), so classes partition both the real
+    input rows and the taps."""
+    h = np.arange(ax.out_size)[:, None]
+    r = np.arange(ax.kernel)[None, :]
+    x = ax.input_index(h, r)
+    x = x[(x >= 0) & (x < ax.in_size)]
+    cnt = np.bincount(x, minlength=ax.in_size) if x.size else np.zeros(ax.in_size, dtype=int)
+    out = {}
+    for k in range(ax.stride):
+        sel = cnt[k::ax.stride]
+        if sel.sum() > 0:
+            out[k] = (int(sel.sum()), int(sel.max()))
+    return out
+
+
+@lru_cache(maxsize=4096)
+def weighted_work(spec: ConvSpec) -> float:
+    """G_w = sum over stride classes kappa of G_kappa / sqrt(rho_kappa): the total of the
+    weighted work that (I1w) bounds by sqrt(I·F·O). Equals G_real/sqrt(rho) when every
+    stride is 1; larger for strided layers whose classes have unequal multiplicity."""
+    per_axis = [sum(n / np.sqrt(m) for n, m in stride_classes(ax).values()) for ax in spec.axes]
+    return float(spec.B * spec.K * spec.C * per_axis[0] * per_axis[1])
 
 
 def real_iterations(spec: ConvSpec) -> int:

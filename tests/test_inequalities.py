@@ -13,7 +13,15 @@ import numpy as np
 import pytest
 
 from parconv.dtypes import PRESETS
-from parconv.inequalities import NAMES, counts, inequalities, max_iterations, real_iterations
+from parconv.inequalities import (
+    NAMES,
+    counts,
+    inequalities,
+    max_iterations,
+    real_iterations,
+    stride_classes,
+    weighted_work,
+)
 from parconv.spec import ConvSpec
 
 # (B, C, K, in_size, kernel, stride, padding, dilation): tiny, but covering strides 1-3,
@@ -51,6 +59,14 @@ class Space:
         self.fil = np.broadcast_to(((k * C + c) * R + r) * S + s, self.shape)
         self.out = np.broadcast_to(((b * K + k) * H + h) * W + w, self.shape)
         self.n_in, self.n_fil, self.n_out = B * C * ih * iw, K * C * R * S, B * K * H * W
+        # (I1w) weight of a real iteration: 1/sqrt(rho of its stride class)
+        rho_h, rho_w = (np.zeros(ax.stride) for ax in (ah, aw))
+        for rho, ax in ((rho_h, ah), (rho_w, aw)):
+            for k, (_, m) in stride_classes(ax).items():
+                rho[k] = m
+        with np.errstate(divide="ignore"):
+            wt = 1.0 / np.sqrt(rho_h[xi % ah.stride] * rho_w[yi % aw.stride])
+        self.wt = np.broadcast_to(np.where(self.real, wt, 0.0), self.shape)
 
     def measure(self, mask: np.ndarray) -> tuple[int, int, int, int]:
         """(|V'|, I, F, O) of the real iterations V' of the set ``mask``."""
@@ -61,6 +77,11 @@ class Space:
         distinct = [int(np.count_nonzero(np.bincount(a[sel], minlength=m)))
                     for a, m in ((self.inp, self.n_in), (self.fil, self.n_fil), (self.out, self.n_out))]
         return (n, *distinct)
+
+    def weighted(self, mask: np.ndarray) -> tuple[float, int, int, int]:
+        """(sum of (I1w) weights over V', I, F, O)."""
+        n, i, f, o = self.measure(mask)
+        return float(self.wt[mask & self.real].sum()), i, f, o
 
     def measure_box(self, box: tuple[slice, ...]) -> tuple[int, int, int, int]:
         sel = self.real[box]
@@ -222,3 +243,50 @@ def test_inequalities_on_random_layers(spec):
     for name, bound in inequalities(spec, i, f, o).items():
         assert np.all(n <= np.asarray(bound) * (1 + 1e-12)), name
     assert rows[:, 0].max() == real_iterations(spec)
+
+
+@pytest.mark.parametrize("spec", [make(t) for t in TINY] + random_tiny_specs(12, seed=5)
+                         + [ConvSpec(1, 1, 2, (9, 7), 3, 2, 1), ConvSpec(1, 2, 1, (11, 5), (5, 2), (3, 2), 0, (1, 2))],
+                         ids=lambda s: s.describe().replace(" ", "_"))
+def test_stride_class_inequality_by_brute_force(spec):
+    """(I1w): sum over V' of 1/sqrt(rho of the iteration's stride class) <= sqrt(I F O),
+    on sub-boxes, residue classes, random sets and closures restricted to one stride
+    class (the adversarial case: the class of largest multiplicity alone)."""
+    space = Space(spec)
+    rng = np.random.default_rng(17)
+    ah, aw = spec.axes
+    b, c, x, y = np.unravel_index(np.arange(space.n_in), spec.input_shape)
+    sets = []
+    for _ in range(150):
+        box = []
+        for n in space.shape:
+            lo = int(rng.integers(0, n))
+            box.append(slice(lo, int(rng.integers(lo + 1, n + 1))))
+        m = np.zeros(space.shape, dtype=bool)
+        m[tuple(box)] = True
+        sets.append(m)
+    sets += list(residue_sets(space, rng, 80))
+    sets += [rng.random(space.shape) < d for d in rng.uniform(0.1, 0.9, 40)]
+    for kh, kw in itertools.product(stride_classes(ah), stride_classes(aw)):
+        cls = (x % ah.stride == kh) & (y % aw.stride == kw)
+        for m in closure_sets(space, rng, 6):
+            sets.append(m & cls[space.inp])
+        sets.append(cls[space.inp])
+    sets.append(np.ones(space.shape, dtype=bool))
+    rows = np.array([space.weighted(m) for m in sets])
+    w, i, f, o = rows.T
+    assert np.all(w <= np.sqrt(i * f * o) * (1 + 1e-12))
+    assert rows[-1, 0] == pytest.approx(weighted_work(spec), rel=1e-12)
+
+
+def test_weighted_work_equals_unweighted_without_stride():
+    for t in TINY:
+        spec = make(t)
+        if spec.stride == (1, 1):
+            assert weighted_work(spec) == pytest.approx(real_iterations(spec) / math.sqrt(spec.rho))
+    # 3x3 stride 2: classes of multiplicity 2 (taps 0, 2) and 1 (tap 1) per axis
+    spec = ConvSpec(1, 1, 1, (9, 9), 3, 2, 0)
+    assert spec.rho == 4
+    per_axis = 2 * spec.H / math.sqrt(2) + spec.H / 1.0
+    assert weighted_work(spec) == pytest.approx(per_axis**2)
+    assert weighted_work(spec) > real_iterations(spec) / math.sqrt(spec.rho) * 1.2
