@@ -93,7 +93,17 @@ def test_integer_overflow_policy():
     big = spec_of("uint8", in_channels=8000, kernel=(3, 3))  # 72000 * 255 * 128 > 2**31
     with pytest.raises(RunInputError, match="integer overflow possible"):
         validate_run(big, Grid(), 1)
-    validate_run(big.with_precision(parse_precision("uint8/int8/int64")), Grid(), 1)
+    with pytest.raises(RunInputError, match="accumulates uint8 x int8 in int32, not int64"):
+        validate_run(big.with_precision(parse_precision("uint8/int8/int64")), Grid(), 1)
+
+
+def test_unsupported_precisions_refused():
+    spec = spec_of()
+    for text in ("float32/float32/float64", "float16/float16/float16", "int16/int8/int32",
+                 "float32/float32/float32/int32"):
+        with pytest.raises(RunInputError, match="precision"):
+            validate_run(spec.with_precision(parse_precision(text)), Grid(), 1)
+    validate_run(spec.with_precision(parse_precision("float16/float16/float32/float32")), Grid(), 1)
 
 
 def test_slurm_world_size_check():

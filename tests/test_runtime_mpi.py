@@ -226,3 +226,14 @@ def test_fault_on_one_rank_aborts_job_quickly(phase, warm_numba):
     assert proc.returncode != 0
     assert f"rank 1 failed: RuntimeError: injected fault in phase {phase}" in proc.stderr
     assert secs < 20
+
+
+def test_narrow_integer_output_overflow_aborts_with_the_reason(warm_numba):
+    """int8 output of int32 sums: values that do not fit raise (never wrap) and the job
+    aborts naming the rank."""
+    proc, secs = mpiexec(2, parconv_cli("--in-channels", "4", "--out-channels", "3", "--input", "6",
+                                        "--kernel", "3", "--dtype", "int8/int8/int32/int8",
+                                        "--grid", "1x1x2x1x1", "--quiet"), timeout=60)
+    assert proc.returncode != 0
+    assert "failed: AccumulatorOverflow" in proc.stderr and "does not fit the int8" in proc.stderr
+    assert secs < 20

@@ -42,8 +42,36 @@ def integer_bound(spec: ConvSpec) -> tuple[int, int] | None:
     return int(spec.C * spec.R * spec.S * mx * mw), int(dtypes.value_range(p.accum)[1])
 
 
+def check_precision(spec: ConvSpec) -> None:
+    """The local kernel accumulates int8/uint8 x int8 in int32, float16/bfloat16/float32 in
+    float32 and float64 in float64; partial sums travel in that type, so the spec's
+    accumulator must be exactly it.
+
+    Raises
+    ------
+    RunInputError
+        For any other combination, naming the supported ones.
+    """
+    from ..kernels import accumulator_dtype
+
+    p = spec.precision
+    try:
+        acc = accumulator_dtype(dtypes.numpy_dtype(p.input), dtypes.numpy_dtype(p.filter))
+    except ValueError as exc:
+        raise RunInputError(f"precision {p.label()}: {exc}") from None
+    if dtypes.is_integer(p.output) != p.is_integer:
+        raise RunInputError(f"precision {p.label()}: the output type must be "
+                            f"{'an integer' if p.is_integer else 'a floating'} type like the inputs")
+    if np.dtype(acc) != dtypes.numpy_dtype(p.accum):
+        raise RunInputError(
+            f"precision {p.label()}: the runtime accumulates {p.input} x {p.filter} in "
+            f"{dtypes.canonical(acc)}, not {p.accum} (supported: int8/uint8 x int8 -> int32, "
+            "float16/bfloat16/float32 -> float32, float64 -> float64; any output type)")
+
+
 def validate_run(spec: ConvSpec, grid: Grid, world_size: int, memory_bytes: int | None = None) -> None:
-    """All checks that need no data: grid size and shape, integer overflow, memory.
+    """All checks that need no data: grid size and shape, supported precision, integer
+    overflow, memory.
 
     Raises
     ------
@@ -54,13 +82,13 @@ def validate_run(spec: ConvSpec, grid: Grid, world_size: int, memory_bytes: int 
         check_grid(spec, grid, world_size)
     except ValueError as exc:
         raise RunInputError(str(exc)) from None
+    check_precision(spec)
     bound = integer_bound(spec)
     if bound is not None and bound[0] > bound[1]:
         raise RunInputError(
             f"integer overflow possible: C*R*S = {spec.C * spec.R * spec.S} products of "
             f"{spec.precision.input} x {spec.precision.filter} can reach {bound[0]}, beyond the "
-            f"{spec.precision.accum} accumulator ({bound[1]}); use a wider accumulator "
-            f"(e.g. --dtype {spec.precision.input}/{spec.precision.filter}/int64)")
+            f"{spec.precision.accum} accumulator ({bound[1]}); the runtime does not run it")
     if memory_bytes is not None:
         need = max(rank_memory_bytes(spec, grid, r) for r in range(grid.size))
         if need > memory_bytes:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import dtypes
+from ..reference import checked_cast
 from .comm import GridComm
 from .errors import corrupt_requested, fault_point
 from .exchange import Counters, allgather, alltoallv, reduce_scatter
@@ -164,7 +165,11 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
         reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"], send,
                        recv, stats.counters)
     with timer.phase("cast"):
-        out = recv.transpose(1, 0, 2, 3).astype(dtypes.numpy_dtype(prec.output), order="C")
+        out = recv.transpose(1, 0, 2, 3)
+        if prec.is_integer:  # a narrower integer output raises instead of wrapping
+            out = np.ascontiguousarray(checked_cast(out, prec.output))
+        else:
+            out = out.astype(dtypes.numpy_dtype(prec.output), order="C")
         if corrupt_requested(rank) and out.size:
             out.reshape(-1)[0] += 1
     return out, stats
