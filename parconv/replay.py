@@ -14,8 +14,8 @@ resident elements per array with a capacity of ``M`` bits. Moving to a tile:
    that the schedule is checked to produce the convolution.
 
 At the end every resident output is written back. Every load and store is counted, per
-array, in elements and bits (input ``p_I``, filter ``p_F``, outputs ``p_O`` = the
-accumulator precision).
+array, in elements and bits (input ``p_I``, filter ``p_F``, partial-sum stores and
+reloads ``p_O`` = the accumulator precision, final stores the output precision).
 """
 
 from __future__ import annotations
@@ -171,6 +171,8 @@ def replay_traffic_bits(spec: ConvSpec, tile: dict, order: str, memory_bytes: in
     for e in sorted(resident["output"]):
         write_back(e)
     bits = {a: width[a] * (loads[a] + stores[a]) for a in ARRAYS}
+    # final values leave in the output precision, partial sums in the accumulator's
+    bits["output"] = p.p_accum * (loads["output"] + partial) + p.p_output * (stores["output"] - partial)
     return ReplayResult(loads, stores, partial, bits, sum(bits.values()), peak, tiles,
                         slow_out if compute else None)
 

@@ -14,7 +14,7 @@ need are evicted (outputs are written back: a partial sum if their reduction is 
 complete, else the final value) and missing elements are loaded (an output that was
 touched before is reloaded; a first touch starts from zero and moves nothing). At the
 end the resident outputs are written back. Partial sums live and travel in accumulator
-precision ``p_O``.
+precision ``p_O``; the final value of an output is stored in the output precision.
 
 The traffic of that schedule has an exact closed form (module docstring of
 ``docs/tiling.md`` §2): per array, a count over the tile-loop *prefix* that the array
@@ -208,8 +208,9 @@ def fits(spec: ConvSpec, tile: dict, memory_bytes: int, double_buffer: bool = Fa
 
 # -- the exact traffic formula ----------------------------------------------------------
 def traffic_breakdown(spec: ConvSpec, tile: dict, order: str) -> dict[str, int]:
-    """Exact bits moved per array (``input``/``filter``/``output``; output = stores +
-    reloads of partial sums + final stores) by the tiling's schedule (module docstring)."""
+    """Exact bits moved per array (``input``/``filter``/``output``; output = partial-sum
+    stores and reloads in ``p_accum`` + one final store per output in ``p_output``) by the
+    tiling's schedule (module docstring)."""
     t = check_tile(spec, tile)
     perm = loop_order(order)
     p = spec.precision
@@ -226,7 +227,7 @@ def traffic_breakdown(spec: ConvSpec, tile: dict, order: str) -> dict[str, int]:
         return prod(n[d] for d in DIMS if d not in rel and pos[d] < j)
 
     filt = p.p_filter * spec.filter_elems * reps(RELEVANT["filter"])
-    outp = p.p_accum * spec.output_elems * (2 * reps(RELEVANT["output"]) - 1)
+    outp = spec.output_elems * (2 * p.p_accum * (reps(RELEVANT["output"]) - 1) + p.p_output)
     j_in = innermost(RELEVANT["input"])
     loaded = reps(RELEVANT["input"]) * spec.B * spec.C * th.total * tw.total
     overlap = 0
@@ -260,10 +261,11 @@ def tiling_traffic_bits(spec: ConvSpec, tile: dict, order: str) -> int:
 
 
 def compulsory_bits(spec: ConvSpec) -> int:
-    """Every used input, every weight read once and every output written once."""
+    """Every used input, every weight read once and every output written once (in the
+    output precision): what the tiling's schedule moves at the least."""
     p = spec.precision
     return (p.p_input * spec.input_used_elems + p.p_filter * spec.filter_elems
-            + p.p_accum * spec.output_elems)
+            + p.p_output * spec.output_elems)
 
 
 # -- the optimiser ----------------------------------------------------------------------
@@ -360,7 +362,7 @@ def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
     def axis_cfgs(axis: Axis, n_out: int, n_ker: int):
         cfgs = []
         for to in candidate_sizes(n_out):
-            for tk in candidate_sizes(n_ker):
+            for tk in candidate_sizes(n_ker, full_below=4):
                 cfgs.append((to, tk, axis_table(axis, to, tk)))
         return cfgs
 
@@ -494,7 +496,7 @@ def _vector_traffic(spec: ConvSpec, perm: str, n: dict, htab: np.ndarray, wtab: 
 
     j_f, j_o, j_i = (innermost(RELEVANT[a]) for a in ("filter", "output", "input"))
     filt = p.p_filter * spec.filter_elems * reps(RELEVANT["filter"], j_f)
-    outp = p.p_accum * spec.output_elems * (2 * reps(RELEVANT["output"], j_o) - 1)
+    outp = spec.output_elems * (2 * p.p_accum * (reps(RELEVANT["output"], j_o) - 1) + p.p_output)
     loaded = reps(RELEVANT["input"], j_i) * (spec.B * spec.C) * htab[..., 0] * wtab[..., 0]
     overlap = 0
     for q, dq in enumerate(perm):

@@ -90,8 +90,12 @@ def test_output_traffic_counts_partial_round_trips():
     assert rep.stores["output"] == 6 * n_out
     assert rep.partial_stores == 5 * n_out
     assert rep.loads["output"] == 5 * n_out
-    # filter: each weight exactly once; input: no element twice in a row is reloaded
+    assert rep.bits["output"] == 32 * 11 * n_out  # int8 preset: int32 partials and finals
+    # filter: each weight exactly once
     assert rep.loads["filter"] == spec.filter_elems
+    # fp16 preset: partial sums travel in float32, final values leave as float16
+    half = replay_traffic_bits(spec.with_precision(PRESETS["fp16"]), tile, "weight-stationary", BIG)
+    assert half.bits["output"] == (32 * 10 + 16) * n_out
 
 
 @pytest.mark.parametrize("seed", range(6))
