@@ -237,3 +237,15 @@ def test_narrow_integer_output_overflow_aborts_with_the_reason(warm_numba):
     assert proc.returncode != 0
     assert "failed: AccumulatorOverflow" in proc.stderr and "does not fit the int8" in proc.stderr
     assert secs < 20
+
+
+def test_api_fault_on_one_rank_aborts_job_quickly(tmp_path, warm_numba):
+    """The Python API (conv2d_distributed) aborts the job too, not only the CLI."""
+    src = tmp_path / "cases.json"
+    src.write_text(json.dumps([case("api fault", "1x1x3x1x1", 1, 3, 2, 5, 3)]))
+    env = mpi_env() | {"PARCONV_FAULT_RANK": "2", "PARCONV_FAULT_PHASE": "filter_allgather"}
+    proc, secs = mpiexec(3, [sys.executable, str(SCRIPT), str(src), str(tmp_path / "r.json")],
+                         timeout=60, env=env)
+    assert proc.returncode != 0
+    assert "rank 2 failed: RuntimeError: injected fault in phase filter_allgather" in proc.stderr
+    assert secs < 20

@@ -21,6 +21,7 @@ Example (under ``mpiexec -n 4``)::
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +29,7 @@ import numpy as np
 from .. import dtypes
 from ..partition import Grid, layout
 from ..spec import ConvSpec
-from .errors import agree, check_local_blocks, validate_run
+from .errors import abort_on_exception, agree, check_local_blocks, validate_run
 from .execute import RankStats, execute
 from .schedule import Schedule, build_schedule
 
@@ -158,7 +159,8 @@ def gather_blocks(spec: ConvSpec, grid: Grid, which: str, block: np.ndarray, com
 def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local: np.ndarray,
                        comm=None, memory_bytes: int | None = None,
                        kernel: Callable | None = None,
-                       local_compute: Callable | None = None) -> RunResult:
+                       local_compute: Callable | None = None,
+                       abort_on_error: bool = True) -> RunResult:
     """Distributed convolution of this rank's blocks (collective over ``comm``).
 
     Parameters
@@ -170,6 +172,10 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
     comm : communicator (default ``MPI.COMM_WORLD``).
     memory_bytes : optional per-rank memory limit the grid must fit.
     kernel, local_compute : see :func:`parconv.runtime.execute.execute`.
+    abort_on_error : once data moves, an exception on this rank prints
+        ``rank R failed: ...`` and calls ``MPI_Abort`` (the other ranks would otherwise
+        wait in a collective forever). False re-raises instead (only safe when every
+        rank fails alike).
 
     Returns
     -------
@@ -189,10 +195,10 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
     agree(comm, check_local_blocks(spec, grid, rank, x_local, w_local))
     from .comm import GridComm
 
-    gc = GridComm.create(comm, grid)
-    try:
+    guard = abort_on_exception(comm) if abort_on_error else nullcontext()
+    with guard:
+        gc = GridComm.create(comm, grid)
         sched = build_schedule(spec, grid, gc.rank)
         out, stats = execute(gc, sched, x_local, w_local, kernel, local_compute)
-    finally:
         gc.free()
     return RunResult(out, sched, stats)
