@@ -13,6 +13,10 @@ limits. In log coordinates this is a convex program in 3 variables; it is solved
 exact closed form in (F, O) for fixed I and a convex 1-D search over log I. The result is
 shrunk by a relative safety margin so that it is a lower bound on the true minimum; that
 makes :func:`vstar` an upper bound on V*(Z), as validity requires.
+
+Each bound is also computed with the stride-class inequality (I1w) of
+:mod:`parconv.inequalities` (weighted work ``G_w``), and the larger valid value is
+reported; for stride-1 layers the two coincide.
 """
 
 from __future__ import annotations
