@@ -17,7 +17,8 @@ the blocks of each collective are contiguous.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,26 +40,15 @@ class RankStats:
     extra: dict = field(default_factory=dict)
 
 
-class _Timer:
-    def __init__(self, stats: RankStats, rank: int):
-        self.stats, self.rank = stats, rank
-
-    def phase(self, name: str):
-        return _Phase(self, name)
-
-
-class _Phase:
-    def __init__(self, timer: _Timer, name: str):
-        self.timer, self.name = timer, name
-
-    def __enter__(self):
-        fault_point(self.name, self.timer.rank)
-        self.t0 = time.perf_counter()
-
-    def __exit__(self, *exc):
-        s = self.timer.stats.seconds
-        s[self.name] = s.get(self.name, 0.0) + time.perf_counter() - self.t0
-        return False
+@contextmanager
+def _phase(stats: RankStats, rank: int, name: str) -> Iterator[None]:
+    """Time one phase (seconds add up per name); the fault-injection point of the phase."""
+    fault_point(name, rank)
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
 def _take(a: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
@@ -102,13 +92,12 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     prec = spec.precision
     in_dt, acc_dt = dtypes.numpy_dtype(prec.input), dtypes.numpy_dtype(prec.accum)
     stats = RankStats()
-    timer = _Timer(stats, rank)
     ops = sched.ops
     b, c_blk, k_blk = z["b"], z["c_blk"], z["k_blk"]
     out_hw = (z["out_h"], z["out_w"])
 
     # 1. input allgather along the k-fiber
-    with timer.phase("input_allgather"):
+    with _phase(stats, rank, "input_allgather"):
         r_lo, c_lo = sched.own_origin
         used = _sub(x_local, sched.used_rows - r_lo, sched.used_cols - c_lo)
         send = np.ascontiguousarray(used.transpose(1, 0, 2, 3))
@@ -117,7 +106,7 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
                   stats.counters)
 
     # 2. halo exchange into the local window
-    with timer.phase("input_halo"):
+    with _phase(stats, rank, "input_halo"):
         (wr0, wr1), (wc0, wc1) = sched.window
         window = np.zeros((c_blk, b, wr1 - wr0, wc1 - wc0), in_dt)
         if sched.self_rows.size and sched.self_cols.size:
@@ -140,13 +129,13 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
         del gathered
 
     # 3. filter allgather along the b·h·w fiber
-    with timer.phase("filter_allgather"):
+    with _phase(stats, rank, "filter_allgather"):
         filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
         allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
                   np.ascontiguousarray(w_local), filt, stats.counters)
 
     # 4. local convolution in accumulator precision
-    with timer.phase("compute"):
+    with _phase(stats, rank, "compute"):
         x_win = np.ascontiguousarray(window.transpose(1, 0, 2, 3))
         del window
         if local_compute is not None:
@@ -158,13 +147,13 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
                                          sched.offset)
 
     # 5. reduce-scatter along the c-fiber, then the cast to the output dtype
-    with timer.phase("output_reduce_scatter"):
+    with _phase(stats, rank, "output_reduce_scatter"):
         send = np.ascontiguousarray(partial.transpose(1, 0, 2, 3))
         del partial
         recv = np.empty((z["k_o"], b, *out_hw), acc_dt)
         reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"], send,
                        recv, stats.counters)
-    with timer.phase("cast"):
+    with _phase(stats, rank, "cast"):
         out = recv.transpose(1, 0, 2, 3)
         if prec.is_integer:  # a narrower integer output raises instead of wrapping
             out = np.ascontiguousarray(checked_cast(out, prec.output))
