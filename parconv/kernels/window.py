@@ -7,8 +7,10 @@ im2col panel (``chunk_rows x block_cols``, decoding 16-bit/int inputs on the fly
 BLAS GEMM multiplies the packed weights by it, and the result lands in the NCHW output:
 directly (GEMM ``out=`` a strided view of the output) for float blocks inside one image,
 otherwise through a ``K x block_cols`` buffer and a numba scatter. No full im2col buffer
-is ever built: the extra memory is one panel plus one ``K x block_cols`` buffer per
-worker (plus a float32 copy of the weights for non-float32/float64 weights).
+is ever built: the extra memory is one panel (``chunk_rows x block_cols``) plus one
+``K x block_cols`` buffer per worker, plus a ``K x chunk_rows`` buffer for weights that are
+not already float32/float64 (int8, float16, bfloat16: converted chunk by chunk). 1x1
+stride-1 layers whose input rows are whole read ``x`` in place: no panel at all.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .threads import resolve_threads, single_threaded_blas
 
 #: default block width (output columns per GEMM) and float reduction chunk (panel rows).
 BLOCK_COLS = 1024
-CHUNK_ROWS = 2304
+CHUNK_ROWS = 1024
 #: smallest image (output columns) for which 1x1 stride-1 GEMMs read the input in place.
 DIRECT_MIN_COLS = 256
 
@@ -176,10 +178,10 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     x = np.ascontiguousarray(x)
     xk, code, lut = _decoder(x, panel_dtype)
     rows = C * R * S
-    if w.dtype == panel_dtype and w.flags.c_contiguous:
-        wm = w.reshape(K, rows)
-    else:
-        wm = np.ascontiguousarray(w, dtype=panel_dtype).reshape(K, rows)
+    # float32/float64 weights are used in place; others are converted chunk by chunk
+    # into a K x chunk buffer (never a full-size copy).
+    convert_w = not (w.dtype == panel_dtype and w.flags.c_contiguous)
+    wm = np.ascontiguousarray(w).reshape(K, rows)
     if integer:
         chunk_rows = min(chunk_rows, exact_chunk_rows(x.dtype, w.dtype))
     chunks = plan_chunks(rows, chunk_rows)
@@ -200,9 +202,16 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         panel_buf = np.empty(0 if x_view is not None else max_rows * max_cols, dtype=panel_dtype)
         need_tmp = x_view is None or accumulate or len(chunks) > 1
         tmp_buf = np.empty(K * max_cols if need_tmp else 0, dtype=panel_dtype)
+        wsrc, wbuf = wm, None
+        if convert_w:
+            wbuf = np.empty(K * max_rows, dtype=panel_dtype)
+            if len(chunks) == 1:   # convert once per worker
+                wsrc = wbuf.reshape(K, rows)
+                np.copyto(wsrc, wm, casting="unsafe")
+                wbuf = None
         for u0, nu in block_list:
-            _block(xk, x_view, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0,
-                   nu, geometry, panel_buf, tmp_buf)
+            _block(xk, x_view, wsrc, wbuf, out, out_mat, lut, code, integer, accumulate,
+                   chunks, u0, nu, geometry, panel_buf, tmp_buf)
 
     with single_threaded_blas():
         if nthreads == 1 or len(blocks) == 1:
@@ -215,9 +224,12 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
                     fut.result()
 
 
-def _block(xk, x_view, wm, out, out_mat, lut, code, integer, accumulate, chunks, u0, nu,
-           geometry, panel_buf, tmp_buf) -> None:
-    """One output block: pack + GEMM per reduction chunk, result into ``out``."""
+def _block(xk, x_view, wm, wbuf, out, out_mat, lut, code, integer, accumulate, chunks, u0,
+           nu, geometry, panel_buf, tmp_buf) -> None:
+    """One output block: pack + GEMM per reduction chunk, result into ``out``.
+
+    ``wm`` is the (K, C*R*S) weight matrix; with ``wbuf`` given, each chunk of it is
+    first converted into ``wbuf`` (the panel dtype)."""
     H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
     K = wm.shape[0]
     ncols = nu * W
@@ -231,7 +243,11 @@ def _block(xk, x_view, wm, out, out_mat, lut, code, integer, accumulate, chunks,
         else:
             panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
             _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry)
-        wchunk = wm[:, q0:q1]
+        if wbuf is None:
+            wchunk = wm[:, q0:q1]
+        else:
+            wchunk = wbuf[:K * (q1 - q0)].reshape(K, q1 - q0)
+            np.copyto(wchunk, wm[:, q0:q1], casting="unsafe")
         assign = first and not accumulate
         if direct:
             h0 = u0 - b0 * H
