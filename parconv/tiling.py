@@ -334,8 +334,7 @@ def best_tiling(spec: ConvSpec, memory_bytes: int, orders=None) -> Tiling:
         raise ValueError("orders: need at least one loop order")
     perms = [loop_order(o) for o in orders]
     best = None
-    for name, perm in zip(orders, perms):
-        found = _search_order(spec, int(memory_bytes), perm)
+    for name, found in zip(orders, _search(spec, int(memory_bytes), perms)):
         if found is not None and (best is None or found[0] < best[0]):
             best = (found[0], found[1], name)
     if best is None:
@@ -350,8 +349,8 @@ def best_tiling(spec: ConvSpec, memory_bytes: int, orders=None) -> Tiling:
     return Tiling(tile, order_name(name) if name in ORDERS else name, exact, int(memory_bytes))
 
 
-def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
-    """Best (traffic_bits, tile) for one permutation, or None when nothing fits."""
+def _search(spec: ConvSpec, memory_bytes: int, perms: list[str]) -> list:
+    """Best (traffic_bits, tile) for each permutation (None where nothing fits)."""
     p = spec.precision
     pi, pf, po = p.p_input, p.p_filter, p.p_accum
     cap = 8 * memory_bytes
@@ -379,8 +378,9 @@ def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
     xh, xw = col(hc, hi, lambda c: c[2].max_x), col(wc, wi, lambda c: c[2].max_x)
     # minimal fit (b = k = c = 1) prunes spatial configurations
     keep = pi * xh * xw + pf * tr_ * ts_ + po * th_ * tw_ <= cap
+    best: list = [None] * len(perms)
     if not keep.any():
-        return None
+        return best
     hi, wi, th_, tr_, tw_, ts_, xh, xw = (a[keep] for a in (hi, wi, th_, tr_, tw_, ts_, xh, xw))
     htab = np.array([[v for row in c[2].table for v in row] for c in hc], dtype=np.int64)[hi]
     wtab = np.array([[v for row in c[2].table for v in row] for c in wc], dtype=np.int64)[wi]
@@ -389,7 +389,7 @@ def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
     ks = np.array(candidate_sizes(ext["k"]), dtype=np.int64)
     nbk = len(bs) * len(ks)
     step = max(1, _CHUNK // nbk)
-    best = None
+    big = np.iinfo(np.int64).max
     for s0 in range(0, len(hi), step):
         sl = slice(s0, s0 + step)
         sp = {"h": th_[sl, None, None], "r": tr_[sl, None, None],
@@ -406,21 +406,21 @@ def _search_order(spec: ConvSpec, memory_bytes: int, perm: str):
         tc = -(-C // nc)
         t = {"b": tb, "k": tk, "c": tc, **sp}
         n = {d: -(-ext[d] // t[d]) for d in DIMS}
-        traffic = _vector_traffic(spec, perm, n, htab[sl, None, None, :], wtab[sl, None, None, :])
         foot = (pi * tb * tc * xhs * xws + pf * tk * tc * sp["r"] * sp["s"]
                 + po * tb * tk * sp["h"] * sp["w"])
-        big = np.iinfo(np.int64).max
-        traffic = np.where(ok, traffic, big)
-        val = int(traffic.min())
-        if val == big:
-            continue
-        i = int(np.argmin(np.where(traffic == val, foot, big)))
-        if best is None or val < best[0]:
+        hts, wts = htab[sl, None, None, :], wtab[sl, None, None, :]
+        for j, perm in enumerate(perms):
+            traffic = np.where(ok, _vector_traffic(spec, perm, n, hts, wts), big)
+            val = int(traffic.min())
+            if val == big or (best[j] is not None and val >= best[j][0]):
+                continue
+            i = int(np.argmin(np.where(traffic == val, foot, big)))
             si, bi, ki = np.unravel_index(i, traffic.shape)
-            tile = {"b": int(bs[bi]), "k": int(ks[ki]), "c": int(np.broadcast_to(tc, traffic.shape)[si, bi, ki]),
+            tile = {"b": int(bs[bi]), "k": int(ks[ki]),
+                    "c": int(np.broadcast_to(tc, traffic.shape)[si, bi, ki]),
                     "h": int(th_[s0 + si]), "w": int(tw_[s0 + si]),
                     "r": int(tr_[s0 + si]), "s": int(ts_[s0 + si])}
-            best = (val, tile)
+            best[j] = (val, tile)
     return best
 
 
