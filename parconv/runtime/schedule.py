@@ -184,6 +184,23 @@ def _own_used(axis: Axis, p: int, i: int) -> np.ndarray:
     return out
 
 
+@lru_cache(maxsize=4096)
+def _axis_pieces(axis: Axis, p: int, i: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Along one axis, for block ``i``: ``{j: (indices i needs that j owns, indices j
+    needs that i owns)}`` for the blocks ``j`` where either is non-empty (``j = i``
+    included: its piece pairs with the other axis's neighbours)."""
+    need_i = _need(axis, p, i)
+    own_i = balanced_block(axis.in_size, p, i)
+    out = {}
+    for j in range(p):
+        recv = _inter(need_i, balanced_block(axis.in_size, p, j))
+        send = _inter(_need(axis, p, j), own_i)
+        if recv.size or send.size:
+            recv.flags.writeable = send.flags.writeable = False  # shared via the cache
+            out[j] = (recv, send)
+    return out
+
+
 def _inter(idx: np.ndarray, r: Range) -> np.ndarray:
     return idx[(idx >= r[0]) & (idx < r[1])]
 
@@ -220,25 +237,19 @@ def build_schedule(spec: ConvSpec, grid: Grid, rank: int) -> Schedule:
     own_r = balanced_block(spec.in_size[0], grid.h, ih)
     own_c = balanced_block(spec.in_size[1], grid.w, iw)
     m = fiber_members(grid, me.coords, FIBERS["input_halo"])
-    recv, send, halo = [], [], {}
-    for j in range(grid.h * grid.w):
-        jh, jw = divmod(j, grid.w)
-        if (jh, jw) == (ih, iw):
-            recv.append(0)
-            send.append(0)
-            continue
-        hp = HaloPeer(
-            recv_rows=_inter(need_r, balanced_block(spec.in_size[0], grid.h, jh)),
-            recv_cols=_inter(need_c, balanced_block(spec.in_size[1], grid.w, jw)),
-            send_rows=_inter(_need(ax_h, grid.h, jh), own_r),
-            send_cols=_inter(_need(ax_w, grid.w, jw), own_c),
-        )
-        nr = b * c_blk * len(hp.recv_rows) * len(hp.recv_cols)
-        ns = b * c_blk * len(hp.send_rows) * len(hp.send_cols)
-        recv.append(nr)
-        send.append(ns)
-        if nr or ns:
-            halo[j] = hp
+    q_plane = grid.h * grid.w
+    recv, send, halo = [0] * q_plane, [0] * q_plane, {}
+    pieces_h, pieces_w = _axis_pieces(ax_h, grid.h, ih), _axis_pieces(ax_w, grid.w, iw)
+    bc = b * c_blk
+    for jh, (rr, sr) in pieces_h.items():  # only neighbours with a non-empty row piece
+        for jw, (rc, sc) in pieces_w.items():
+            if (jh, jw) == (ih, iw):
+                continue
+            nr, ns = bc * len(rr) * len(rc), bc * len(sr) * len(sc)
+            if nr or ns:
+                j = jh * grid.w + jw
+                recv[j], send[j] = nr, ns
+                halo[j] = HaloPeer(rr, rc, sr, sc)
     ops["input_halo"] = OpSchedule("input_halo", "alltoallv", m, ih * grid.w + iw,
                                    tuple(recv), pi, tuple(send))
 
