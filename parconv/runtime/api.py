@@ -10,12 +10,14 @@ communication). :func:`gather_blocks` assembles a global array on one rank for c
 Example (under ``mpiexec -n 4``)::
 
     from mpi4py import MPI
+    from parconv.layers import layer
+    from parconv.partition import Grid
     from parconv.runtime import conv2d_distributed, seeded_operands_local, gather_blocks
     spec = layer("resnet50/layer3.1.conv2", batch=2)
     grid = Grid.parse("1x2x2x1x1")
     x, w = seeded_operands_local(spec, grid, MPI.COMM_WORLD.rank, seed=0)
     res = conv2d_distributed(spec, grid, x, w)
-    out = gather_blocks(spec, grid, "output", res.output)   # global array on rank 0
+    out = gather_blocks(spec, grid, "output", res.output, MPI.COMM_WORLD)  # on rank 0
 """
 
 from __future__ import annotations
