@@ -101,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
          format_bytes(payload["im2col_traffic_bytes"]),
          "" if ratio is None else f"{payload['im2col_traffic_bytes'] / payload['lower_bound_bytes']:.3f}"],
     ]
+    rows = [[r[0], int(round(r[1])), *r[2:]] for r in rows]
     print(table(rows, ["", "bytes", "", "/ bound"]))
     print(f"Im2Col moves {payload['im2col_over_tiling']:.2f}x the tiling's bytes")
     return 0
