@@ -16,8 +16,8 @@ touched before is reloaded; a first touch starts from zero and moves nothing). A
 end the resident outputs are written back. Partial sums live and travel in accumulator
 precision ``p_O``; the final value of an output is stored in the output precision.
 
-The traffic of that schedule has an exact closed form (module docstring of
-``docs/tiling.md`` §2): per array, a count over the tile-loop *prefix* that the array
+The traffic of that schedule has an exact closed form (derivation in
+``docs/tiling.md`` §3): per array, a count over the tile-loop *prefix* that the array
 depends on, with the input's halo overlap between consecutive tiles summed per spatial
 axis from precomputed tables. :func:`tiling_traffic_bits` evaluates it exactly (Python
 ints); :func:`best_tiling` evaluates the same formula vectorised over a grid of
@@ -346,7 +346,7 @@ def best_tiling(spec: ConvSpec, memory_bytes: int, orders=None) -> Tiling:
     exact = tiling_traffic_bits(spec, tile, name)
     if exact != vec:  # the vectorised and the exact formula must agree
         raise AssertionError(f"traffic formulas disagree for {tile} {name}: {vec} != {exact}")
-    return Tiling(tile, order_name(name) if name in ORDERS else name, exact, int(memory_bytes))
+    return Tiling(tile, order_name(name), exact, int(memory_bytes))
 
 
 def _search(spec: ConvSpec, memory_bytes: int, perms: list[str]) -> list:
