@@ -289,6 +289,10 @@ def render_md(meta, summary, rows) -> str:
         "- total run time over all layers (s): " + ", ".join(
             f"{k} {v:.2f}" for k, v in summary["total_time_s"].items()),
         "",
+        "Method, causes of the misses and the memory bound: `docs/kernels.md`. torch q8 = "
+        "PyTorch's quantized conv (fbgemm, weights prepacked once, uint8 requantised output); "
+        "extra memory = tracemalloc peak of one call minus its result, over the output bytes.",
+        "",
         "| layer | shape | parconv f32 GF/s | torch f32 GF/s | ratio | wall ratio | im2col GF/s | ratio | "
         "parconv i8 GOP/s | i8/f32 | torch q8 GOP/s | extra mem f32 / out | extra mem i8 / out | im2col extra / out |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",

@@ -305,3 +305,13 @@ def test_same_width_row_runs(offset, hx, block_cols, chunk_rows):
     out = np.zeros(ref.shape, dtype=np.float32)
     conv2d_window(x, w, out, 1, dil, offset, block_cols=block_cols, chunk_rows=chunk_rows)
     assert_matches(out, ref, 36)
+
+
+def test_blas_held_at_one_thread_inside_calls():
+    from parconv.kernels import threads
+    before = threads.blas_threads()
+    if before is None:
+        pytest.skip("numpy's OpenBLAS thread control not found")
+    with threads.single_threaded_blas():
+        assert threads.blas_threads() == 1
+    assert threads.blas_threads() == before
