@@ -315,3 +315,38 @@ def test_blas_held_at_one_thread_inside_calls():
     with threads.single_threaded_blas():
         assert threads.blas_threads() == 1
     assert threads.blas_threads() == before
+
+
+@pytest.mark.parametrize("dt", [np.float32, np.float64])
+def test_blas_gemm_strided_beta(dt):
+    from parconv.kernels import blas
+    rng = np.random.default_rng(1)
+    a_full, b_full = rng.random((7, 30)).astype(dt), rng.random((30, 50)).astype(dt)
+    c_full = rng.random((9, 60)).astype(dt)
+    a, b, c = a_full[:, 3:20], b_full[3:20, 5:45], c_full[1:8, 10:50]
+    want = c.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    blas.gemm(a, b, c, 1.0)
+    np.testing.assert_allclose(c, want, rtol=1e-5)
+    blas.gemm(a, b, c, 0.0)
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5)
+    untouched = np.random.default_rng(1)
+    untouched.random((7, 30))
+    untouched.random((30, 50))
+    c_before = untouched.random((9, 60)).astype(dt)
+    np.testing.assert_array_equal(c_full[0], c_before[0])   # outside the view: untouched
+    np.testing.assert_array_equal(c_full[1:8, :10], c_before[1:8, :10])
+
+
+@pytest.mark.parametrize("xd,wd", [(np.float32, np.float32), (np.float64, np.float64),
+                                   (np.int8, np.int8)], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("block_cols", [9, 1024])
+def test_numpy_gemm_fallback(monkeypatch, xd, wd, block_cols):
+    """Without the ctypes BLAS (other numpy builds) the np.matmul fallback gives the same."""
+    from parconv.kernels import blas
+    monkeypatch.setattr(blas, "GEMM", False)
+    x, w = operands((3, 6, 9, 9), (4, 6, 3, 3), xd, wd, seed=12)
+    ref = reference(x, w, 1, 1, 1)
+    out = np.ones(ref.shape, dtype=ref.dtype)
+    conv2d_window(x, w, out, 1, 1, (-1, -1), accumulate=True, block_cols=block_cols,
+                  chunk_rows=10)
+    assert_matches(out, ref + 1, 54)

@@ -147,11 +147,3 @@ def scatter_float(out, block, u0, nunits, H, W, assign):
             else:
                 for w in range(W):
                     out[b, k, h, w] += block[k, j0 + w]
-
-
-@njit(**_JIT)
-def add_inplace(dst, src):
-    """``dst += src`` for two 2-D arrays of the same shape (dst may be a strided view)."""
-    for i in range(dst.shape[0]):
-        for j in range(dst.shape[1]):
-            dst[i, j] += src[i, j]

@@ -16,12 +16,12 @@ to one thread.
 
 from __future__ import annotations
 
-import ctypes
-import glob
 import os
 from contextlib import contextmanager
 
 import numpy as np
+
+from .blas import GET_THREADS, SET_THREADS
 
 ENV_VAR = "PARCONV_THREADS"
 
@@ -49,30 +49,7 @@ def resolve_threads(threads: int | None = None) -> int:
     return int(threads)
 
 
-def _find_openblas():
-    """(get, set) ctypes functions of numpy's OpenBLAS, or None if not found."""
-    libdir = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
-    candidates = glob.glob(os.path.join(libdir, "*openblas*"))
-    candidates += glob.glob(os.path.join(os.path.dirname(np.__file__), ".libs", "*openblas*"))
-    names = [("scipy_openblas_get_num_threads64_", "scipy_openblas_set_num_threads64_"),
-             ("openblas_get_num_threads64_", "openblas_set_num_threads64_"),
-             ("openblas_get_num_threads", "openblas_set_num_threads")]
-    for path in candidates:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for get_name, set_name in names:
-            if hasattr(lib, get_name) and hasattr(lib, set_name):
-                get_fn, set_fn = getattr(lib, get_name), getattr(lib, set_name)
-                get_fn.restype = ctypes.c_int
-                set_fn.argtypes = [ctypes.c_int]
-                set_fn.restype = None
-                return get_fn, set_fn
-    return None
-
-
-_OPENBLAS = _find_openblas()
+_OPENBLAS = (GET_THREADS, SET_THREADS) if GET_THREADS is not None else None
 
 
 def blas_threads() -> int | None:

@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import ml_dtypes
 import numpy as np
 
-from .float_kernels import add_inplace, pack_panel, scatter_float
+from .blas import gemm
+from .float_kernels import pack_panel, scatter_float
 from .int_kernels import INT_INPUTS, INT_WEIGHTS, exact_chunk_rows, scatter_int
 from .threads import resolve_threads, single_threaded_blas
 
@@ -200,7 +201,7 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
 
     def run(block_list):
         panel_buf = np.empty(0 if x_view is not None else max_rows * max_cols, dtype=panel_dtype)
-        need_tmp = x_view is None or accumulate or len(chunks) > 1
+        need_tmp = integer or any((u0 + nu - 1) // H != u0 // H for u0, nu in block_list)
         tmp_buf = np.empty(K * max_cols if need_tmp else 0, dtype=panel_dtype)
         wsrc, wbuf = wm, None
         if convert_w:
@@ -250,22 +251,24 @@ def _block(xk, x_view, wm, wbuf, out, out_mat, lut, code, integer, accumulate, c
             np.copyto(wchunk, wm[:, q0:q1], casting="unsafe")
         assign = first and not accumulate
         if direct:
+            # float block inside one image: GEMM straight into the output (beta = 1 for
+            # later chunks and for accumulate=True)
             h0 = u0 - b0 * H
             dst = out_mat[b0, :, h0 * W:h0 * W + ncols]
-            if assign:
-                np.matmul(wchunk, panel, out=dst)
-            else:
-                tmp = tmp_buf[:K * ncols].reshape(K, ncols)
-                np.matmul(wchunk, panel, out=tmp)
-                add_inplace(dst, tmp)
-        else:
+            gemm(wchunk, panel, dst, 0.0 if assign else 1.0)
+        elif integer:
+            # exact float32 chunk -> int32, added per chunk (float32 sums of several
+            # chunks could exceed 2**24)
             tmp = tmp_buf[:K * ncols].reshape(K, ncols)
-            np.matmul(wchunk, panel, out=tmp)
-            if integer:
-                scatter_int(out, tmp, u0, nu, H, W, assign)
-            else:
-                scatter_float(out, tmp, u0, nu, H, W, assign)
+            gemm(wchunk, panel, tmp, 0.0)
+            scatter_int(out, tmp, u0, nu, H, W, assign)
+        else:
+            # block spanning images: chunks accumulate in the K x cols buffer, one scatter
+            tmp = tmp_buf[:K * ncols].reshape(K, ncols)
+            gemm(wchunk, panel, tmp, 0.0 if first else 1.0)
         first = False
+    if not direct and not integer:
+        scatter_float(out, tmp, u0, nu, H, W, not accumulate)
 
 
 def _pack_rows(xk, panel, lut, code, u0, nu, q0, q1, geometry) -> None:
