@@ -175,9 +175,9 @@ def _tight(spec: ConvSpec, v: float, i: float, f: float, o: float) -> list[str]:
     return [n for n in NAMES if float(vals[n]) <= v * (1 + 1e-6)]
 
 
-def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float):
-    """sup over T of (T - p_max)·(g_work / V*(2M + T) - 1), parametrised by v = V*:
-    T = cost(v) - 2M. Returns (bits, v, T, footprint)."""
+def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float, resident: float = 2.0):
+    """sup over T of (T - p_max)·(g_work / V*(r·M + T) - 1) with r = ``resident``,
+    parametrised by v = V*: T = cost(v) - r·M. Returns (bits, v, T, footprint)."""
     c = counts(spec)
     if g_work <= 0:
         return 0.0, 0.0, 0.0, (0.0, 0.0, 0.0)
@@ -190,7 +190,7 @@ def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float):
         if vs.size == 0:
             return
         cost = min_footprint_cost(spec, vs)
-        t = cost - 2.0 * m_bits
+        t = cost - resident * m_bits
         val = np.where(t > c.p_max, (t - c.p_max) * (g_work / vs - 1.0), -math.inf)
         k = int(np.argmax(val))
         if val[k] > best[0]:
@@ -212,14 +212,16 @@ def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float):
     return bits, v, t, (float(i[0]), float(f[0]), float(o[0]))
 
 
-def _closed_form_i1(c: Counts, g_work: float, m_bits: float) -> float:
-    """The segment bound with (I1) alone at T = 4M: V_I1(6M) = sqrt(ρ(6M)³/(27 p_I p_F p_O)),
-    so X >= (4M − p_max)(G/V_I1 − 1) ≈ √2·G·sqrt(p_I p_F p_O/(ρ M)) − 4M. Valid ((I1) alone
+def _closed_form_i1(c: Counts, g_work: float, m_bits: float, resident: float = 2.0) -> float:
+    """The segment bound with (I1) alone at its optimum T = 2rM (r = ``resident``, footprint
+    3rM): V_I1(Z) = sqrt(ρZ³/(27 p_I p_F p_O)), X >= (2rM − p_max)(G/V_I1(3rM) − 1)
+    ≈ (2/√r)·G·sqrt(p_I p_F p_O/(ρ M)) − 2rM (r = 2: √2·G·... − 4M). Valid ((I1) alone
     over-estimates V*) but never stronger than the numeric bound."""
     if m_bits <= 0 or g_work <= 0:
         return 0.0
-    v1 = math.sqrt(c.rho * (6.0 * m_bits) ** 3 / (27.0 * c.p_in * c.p_filter * c.p_out))
-    return (4.0 * m_bits - c.p_max) * (g_work / v1 - 1.0)
+    z = 3.0 * resident * m_bits
+    v1 = math.sqrt(c.rho * z**3 / (27.0 * c.p_in * c.p_filter * c.p_out))
+    return (2.0 * resident * m_bits - c.p_max) * (g_work / v1 - 1.0)
 
 
 def _caps_bits(c: Counts) -> list[float]:
@@ -250,9 +252,10 @@ def _min_sum_for_product(target: float, caps: list[float]) -> float:
     return caps[0] + caps[1] + target / (caps[0] * caps[1])
 
 
-def _weighted_segment_bound(c: Counts, gw: float, m_bits: float) -> tuple[float, float]:
-    """(I1w) segment bound: sup_T (T − p_max)·(gw / U(2M + T) − 1), where gw is the
-    weighted work to do (each segment does at most U(2M+T) of it). Returns (bits, T)."""
+def _weighted_segment_bound(c: Counts, gw: float, m_bits: float,
+                            resident: float = 2.0) -> tuple[float, float]:
+    """(I1w) segment bound: sup_T (T − p_max)·(gw / U(r·M + T) − 1), where gw is the
+    weighted work to do (each segment does at most U(r·M+T) of it). Returns (bits, T)."""
     total = sum(_caps_bits(c))
     if gw <= 0 or total <= 0:
         return 0.0, 0.0
@@ -260,7 +263,7 @@ def _weighted_segment_bound(c: Counts, gw: float, m_bits: float) -> tuple[float,
     tt = np.geomspace(1.0, max(total, 2.0), 400)
     for _ in range(3):
         t = tt + c.p_max
-        u = _max_sqrt_ifo(c, 2.0 * m_bits + t) * (1.0 + 1e-12)
+        u = _max_sqrt_ifo(c, resident * m_bits + t) * (1.0 + 1e-12)
         val = (t - c.p_max) * (gw / u - 1.0)
         k = int(np.argmax(val))
         if val[k] > best:
@@ -283,10 +286,20 @@ def _check_procs(procs: int) -> int:
     return int(procs)
 
 
-def sequential_bound(spec: ConvSpec, memory_bytes: float) -> Bound:
+def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool = False) -> Bound:
     """Single processor with a fast memory of ``memory_bytes`` (THEORY.md §3):
     ``max(X_comp, sup_T (T − p_max)·(G_real/V*(2M+T) − 1))`` bits moved between slow and
-    fast memory (loads + stores).
+    fast memory (loads + stores), and the same with the stride-class inequality (I1w).
+
+    Parameters
+    ----------
+    single_chain:
+        If True, return the stronger bound with segment footprint ``M + T`` instead of
+        ``2M + T``, valid only for schedules in which every output element has a single
+        accumulation chain (one partial sum at a time, created at its first update; no
+        independently created partial sums merged later). Every box tiling with any
+        tile-loop order is such a schedule. Whether the restriction loses generality is
+        **open**; the default bound makes no such assumption.
 
     Raises
     ------
@@ -295,15 +308,18 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float) -> Bound:
     """
     m = _check_memory(memory_bytes)
     c = counts(spec)
+    r = 1.0 if single_chain else 2.0
     xc = float(compulsory_bits(spec))
-    seg, v, t, (i, f, o) = _segment_bound(spec, float(c.g_real), m)
+    seg, v, t, (i, f, o) = _segment_bound(spec, float(c.g_real), m, r)
     gw = weighted_work(spec)
-    segw, tw = _weighted_segment_bound(c, gw, m)
+    segw, tw = _weighted_segment_bound(c, gw, m, r)
     details = {
         "memory_bits": m, "compulsory_bits": xc, "segment_bits": seg, "T_bits": t,
         "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "g_real": c.g_real,
-        "rho": c.rho, "closed_form_I1_bits": _closed_form_i1(c, float(c.g_real), m),
+        "rho": c.rho, "closed_form_I1_bits": _closed_form_i1(c, float(c.g_real), m, r),
         "stride_class_bits": segw, "stride_class_T_bits": tw, "weighted_work": gw,
+        "segment_footprint": "M + T (single accumulation chain per output)" if single_chain
+        else "2M + T",
     }
     if segw > max(seg * (1 + 1e-6), xc):   # (near-)ties keep the (I1)-(I3) label
         return Bound(segw, I1W, segw <= 0, details)

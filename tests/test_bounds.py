@@ -150,20 +150,28 @@ def _axis_footprints(ax) -> dict[tuple[int, int], tuple[int, int]]:
     return out
 
 
-def output_stationary_schedules(spec: ConvSpec, sizes=None):
-    """Output-stationary box tilings (r, s untiled), counted explicitly tile by tile: keep
-    the output tile in fast memory, stream (c-tile) input and filter tiles (only the
-    elements the tile's real iterations read), store the output tile once (accumulator
-    precision). Yields (tile sizes, fast memory bytes needed, traffic bits)."""
+def explicit_schedules(spec: ConvSpec, sizes=None):
+    """Box tilings (r, s untiled) in two tile-loop orders, counted explicitly tile by tile
+    (only the elements a tile's real iterations read are loaded; partial sums travel in
+    the accumulator type). Both keep one accumulation chain per output.
+
+    * output-stationary: keep the output tile, stream (c-tile) input and filter tiles,
+      store the output tile once;
+    * weight-stationary: keep a (k, c) filter tile (all used taps), stream (b, h, w)
+      input tiles, load the partial output tile (except for the first c-tile) and store
+      it back.
+
+    Yields (order, tile sizes, fast memory bytes needed, traffic bits)."""
     p = spec.precision
     pi, pf, po = p.p_input, p.p_filter, p.p_accum
     dims = (spec.B, spec.K, spec.C, spec.H, spec.W)
     fh, fw = (_axis_footprints(ax) for ax in spec.axes)
+    taps = fh[0, spec.H][1] * fw[0, spec.W][1]
     sizes = sizes or [range(1, n + 1) for n in dims]
     for tiles in itertools.product(*sizes):
-        traffic = po * spec.output_elems
-        peak = 0
         parts = [[(lo, min(lo + t, n)) for lo in range(0, n, t)] for n, t in zip(dims, tiles)]
+        # output-stationary
+        traffic, peak = po * spec.output_elems, 0
         for (b0, b1), (k0, k1), (h0, h1), (w0, w1) in itertools.product(*parts[:2], *parts[3:]):
             (xs, rs), (ys, ss) = fh[h0, h1], fw[w0, w1]
             otile = (b1 - b0) * (k1 - k0) * (h1 - h0) * (w1 - w0)
@@ -172,7 +180,19 @@ def output_stationary_schedules(spec: ConvSpec, sizes=None):
                 f = (k1 - k0) * (c1 - c0) * rs * ss
                 traffic += pi * i + pf * f
                 peak = max(peak, pi * i + pf * f + po * otile)
-        yield tiles, math.ceil(peak / 8), traffic
+        yield "output-stationary", tiles, math.ceil(peak / 8), traffic
+        # weight-stationary
+        traffic, peak = 0, 0
+        for (k0, k1), (ci, (c0, c1)) in itertools.product(parts[1], enumerate(parts[2])):
+            f = (k1 - k0) * (c1 - c0) * taps
+            traffic += pf * f
+            for (b0, b1), (h0, h1), (w0, w1) in itertools.product(parts[0], *parts[3:]):
+                (xs, _), (ys, _) = fh[h0, h1], fw[w0, w1]
+                i = (b1 - b0) * (c1 - c0) * xs * ys
+                otile = (b1 - b0) * (k1 - k0) * (h1 - h0) * (w1 - w0)
+                traffic += pi * i + po * otile * (2 if ci else 1)
+                peak = max(peak, pi * i + pf * f + po * otile)
+        yield "weight-stationary", tiles, math.ceil(peak / 8), traffic
 
 
 def test_tile_footprints_match_brute_force():
@@ -204,12 +224,17 @@ SCHEDULE_CASES = [
 
 @pytest.mark.parametrize("case", range(len(SCHEDULE_CASES)))
 def test_sequential_bound_never_beaten_by_explicit_schedules(case):
+    """Neither the general bound nor the single-accumulation-chain bound (footprint
+    M + T) is ever above an explicitly counted schedule (both orders keep one chain)."""
     spec, sizes = SCHEDULE_CASES[case]
-    cache: dict[int, Bound] = {}
+    cache: dict[int, tuple[Bound, Bound]] = {}
     kinds = set()
-    for tiles, mem, traffic in output_stationary_schedules(spec, sizes):
-        b = cache.setdefault(mem, sequential_bound(spec, mem))
-        assert b.bits <= traffic, (tiles, mem, traffic, b)
+    for order, tiles, mem, traffic in explicit_schedules(spec, sizes):
+        if mem not in cache:
+            cache[mem] = (sequential_bound(spec, mem), sequential_bound(spec, mem, single_chain=True))
+        b, bc = cache[mem]
+        assert b.bits <= bc.bits + 1e-6 * bc.bits
+        assert bc.bits <= traffic, (order, tiles, mem, traffic, bc)
         kinds.add(b.binding == "compulsory")
     if sizes is not None:   # the larger problems exercise the segment (non-compulsory) bound
         assert False in kinds
@@ -264,6 +289,28 @@ def test_stride_class_bound_tightens_strided_layers():
     spec = layer("resnet50/layer3.1.conv2", 32, PRESETS["fp32"])
     b = sequential_bound(spec, 64 << 10)
     assert b.details["stride_class_bits"] <= b.details["segment_bits"] * (1 + 1e-6)
+
+
+def test_single_chain_bound_reaches_the_matmul_constant():
+    """1x1, fp32: with footprint M + T the bound's leading term is 2mnk/sqrt(M) words, the
+    tight matmul constant (Smith, Lowery, Langou, van de Geijn 2019); the general bound
+    (footprint 2M + T) has sqrt(2)."""
+    spec = ConvSpec(8, 512, 1024, (32, 32), 1, precision=PRESETS["fp32"])
+    g = spec.macs
+    for mem in (16 << 10, 64 << 10, 256 << 10):
+        words = mem / 4
+        chain = sequential_bound(spec, mem, single_chain=True)
+        general = sequential_bound(spec, mem)
+        lead = g / math.sqrt(words)
+        # (I1)-only values at T = 2M and T = 4M (in words; p_max = one word)
+        at_2m = (2 * words - 1) * (g / words**1.5 - 1)
+        at_4m = (4 * words - 1) * (g / (2 * words) ** 1.5 - 1)
+        seg_chain, seg = chain.details["segment_bits"] / 32, general.details["segment_bits"] / 32
+        assert at_2m * (1 - 1e-9) <= seg_chain <= 2 * lead
+        assert at_4m * (1 - 1e-9) <= seg <= math.sqrt(2) * lead
+        assert chain.bits >= general.bits
+        assert at_2m > 0.95 * 2 * lead and at_4m > 0.95 * math.sqrt(2) * lead  # leading terms
+        assert chain.details["segment_footprint"].startswith("M + T")
 
 
 def test_sequential_bound_rejects_bad_memory():
@@ -450,6 +497,7 @@ def test_cli_json(tmp_path):
     spec = layer("resnet50/layer2.0.conv2", 8, PRESETS["int8"])
     assert d["layer"] == spec.to_dict() and d["memory_bytes"] == 65536 and d["procs"] == 64
     assert d["sequential_bytes"] == sequential_bound(spec, 65536).bytes
+    assert d["sequential_single_chain_bytes"] == sequential_bound(spec, 65536, single_chain=True).bytes
     assert d["parallel_memory_independent_bytes"] == parallel_memory_independent_bound(spec, 64).bytes
     assert d["parallel_memory_dependent_bytes"] == parallel_memory_dependent_bound(spec, 64, 65536).bytes
     for k in ("sequential", "parallel_memory_dependent", "parallel_memory_independent"):
