@@ -42,7 +42,7 @@ from .spec import ConvSpec
 __all__ = [
     "Bound", "max_iterations", "vstar", "compulsory_bits", "sequential_bound",
     "parallel_memory_dependent_bound", "parallel_memory_independent_bound",
-    "min_footprint_cost", "waterfill", "real_iterations",
+    "min_footprint_cost", "waterfill", "owned_bits", "real_iterations",
 ]
 
 #: Relative margin by which the numerically minimised footprint cost is shrunk (so it is a
