@@ -434,7 +434,7 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
     bits = need - owned
     binding = wf["regime"]
     if need_w > max(wf["total"], full) * (1 + 1e-6):
-        binding = f"{I1W}, {wf['regime']} water-filling weaker"
+        binding = I1W                       # details["regime"] keeps the water-filling regime
     elif full > wf["total"] * (1 + 1e-6):
         binding += " + box/I3 limits"
     details = dict(wf)
