@@ -221,13 +221,10 @@ def part_scaling(args) -> dict[str, Any]:
                 continue
             feas = {k: v for k, v in r["strategies"].items() if v}
             bname = min(feas, key=feas.get) if feas else None
-            lbv = r["lower_bound_bytes"]
-            lines.append(f"| {lay['layer']} | {r['procs']} | {r['grid']} | {r['simulated_max_recv_bytes']} | "
-                         f"{lbv:.0f} | {r['simulated_max_recv_bytes'] / lbv:.3f} | " if lbv else
-                         f"| {lay['layer']} | {r['procs']} | {r['grid']} | {r['simulated_max_recv_bytes']} | "
-                         f"vacuous | – | ")
-            lines[-1] += (f"{feas[bname]} ({bname}) | {feas[bname] / r['simulated_max_recv_bytes']:.2f} |"
-                          if bname else "– | – |")
+            lbv, mx = r["lower_bound_bytes"], r["simulated_max_recv_bytes"]
+            bound = f"{lbv:.0f} | {mx / lbv:.3f}" if lbv else "vacuous | –"
+            best = f"{feas[bname]} ({bname}) | {feas[bname] / mx:.2f}" if bname else "– | –"
+            lines.append(f"| {lay['layer']} | {r['procs']} | {r['grid']} | {mx} | {bound} | {best} |")
     checks = [r["consistent"] and r["simulated_max_recv_bytes"] == r["planned_max_recv_bytes"]
               for lay in layers for r in lay["rows"]]
     meas = [m["equals_simulated"] for lay in layers for m in lay["measured"]]

@@ -11,10 +11,14 @@ that schedule would truncate a message or hang.
 
 Because the executor counts the bytes of exactly these messages, the simulated per-rank
 bytes equal a real run's measured bytes (tested against ``mpiexec`` runs).
+
+At large P, schedules are built for one rank per block class and derived for the others
+(:func:`_schedules_by_class`; exact, and checked against building every rank in tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -147,43 +151,140 @@ def _check_op(op: str, scheds: list, mismatches: list[str], limit: int) -> int:
     return messages
 
 
+def _fibers(grid: Grid, keep) -> tuple[list[tuple[int, ...]], np.ndarray, np.ndarray]:
+    """Every fiber of ``grid`` varying the axes in ``keep``: the member tuples (global
+    ranks ascending = row-major over the kept axes), each rank's fiber and position."""
+    coords = np.stack(np.unravel_index(np.arange(grid.size), grid.dims), axis=1)
+    fixed = [i for i, k in enumerate(keep) if not k]
+    fid = (np.ravel_multi_index(tuple(coords[:, fixed].T), [grid.dims[i] for i in fixed])
+           if fixed else np.zeros(grid.size, dtype=np.int64))
+    order = np.argsort(fid, kind="stable")
+    q = grid.size // (int(fid.max()) + 1)
+    groups = order.reshape(-1, q)
+    pos = np.empty(grid.size, dtype=np.int64)
+    pos[groups] = np.arange(q)
+    return [tuple(g.tolist()) for g in groups], fid, pos
+
+
+def _op_bytes(o, total: int, total_send: int) -> tuple[int, int]:
+    """(recv, send) payload bytes of one operation from its block sizes, by the payload
+    semantics of :mod:`parconv.runtime.schedule` (checked against ``OpSchedule.recv_bytes``
+    / ``send_bytes`` on every built representative)."""
+    q, own = len(o.members), o.counts[o.index]
+    if o.kind == "allgather":
+        return o.itemsize * (total - own), o.itemsize * own * (q - 1)
+    if o.kind == "reduce_scatter":
+        return o.itemsize * own * (q - 1), o.itemsize * (total - own)
+    return o.itemsize * (total - own), o.itemsize * (total_send - o.send_counts[o.index])
+
+
+def _schedules_by_class(spec: ConvSpec, grid: Grid, progress, mismatches: list[str]):
+    """Every rank's schedule, building one per *block class* and deriving the others.
+
+    A rank's element counts depend only on its block sizes along b, k, c and on its
+    (i_h, i_w) position (balanced blocks: at most two sizes per axis), so ranks of one
+    class ``(|b-block|, |k-block|, |c-block|, i_h, i_w)`` share them; only the members of
+    each communicator and the rank's position in it differ, and those are derived here
+    from the grid (checked against each built representative). tests/test_simulate.py
+    checks that this equals building every rank.
+    """
+    from types import SimpleNamespace
+
+    from .partition import block_sizes
+    from .runtime import schedule as sched_mod
+
+    P = grid.size
+    coords = np.stack(np.unravel_index(np.arange(P), grid.dims), axis=1)
+    sizes = [block_sizes(n, p)[coords[:, i]] for i, (n, p) in
+             enumerate(((spec.B, grid.b), (spec.K, grid.k), (spec.C, grid.c)))]
+    keys = np.stack(sizes + [coords[:, 3], coords[:, 4]], axis=1)
+    _, rep_rank, rank_class = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    rank_class = rank_class.ravel()
+    reps = {}
+    for c, r in enumerate(rep_rank.tolist()):
+        reps[c] = sched_mod.build_schedule(spec, grid, r)
+        if progress is not None and (c + 1) % 256 == 0:
+            progress(c + 1, len(rep_rank))
+    fibers = {op: _fibers(grid, keep) for op, keep in sched_mod.FIBERS.items()}
+    for c, r in enumerate(rep_rank.tolist()):  # the derivation must reproduce the built ones
+        for op, (groups, fid, pos) in fibers.items():
+            o = reps[c].ops[op]
+            if o.members != groups[fid[r]] or o.index != pos[r]:
+                mismatches.append(f"{op}: rank {r}'s members/position differ from the grid's "
+                                  "fibers (cannot derive schedules by class)")
+            if _op_bytes(o, sum(o.counts), sum(o.send_counts)) != (o.recv_bytes, o.send_bytes):
+                mismatches.append(f"{op}: rank {r}'s bytes differ from the payload semantics "
+                                  "(cannot derive schedules by class)")
+    if mismatches:
+        return None
+    out = []
+    for r in range(P):
+        c = int(rank_class[r])
+        if r == rep_rank[c]:
+            out.append(reps[c])
+            continue
+        ops = {op: dataclasses.replace(reps[c].ops[op], members=groups[fid[r]], index=int(pos[r]))
+               for op, (groups, fid, pos) in fibers.items()}
+        out.append(SimpleNamespace(rank=r, ops=ops))
+    return out
+
+
 def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
              progress: Callable[[int, int], None] | None = None,
-             max_mismatches: int = 100) -> Simulation:
+             max_mismatches: int = 100, method: str = "auto") -> Simulation:
     """Build every rank's schedule and add up its bytes.
 
     Parameters
     ----------
     spec, grid : the layer and the processor grid.
     check : verify schedule consistency (see the module docstring).
-    progress : called as ``progress(done, total)`` every 256 ranks.
+    progress : called as ``progress(done, total)`` every 256 schedules built.
     max_mismatches : keep at most this many mismatch messages.
+    method : ``"full"`` calls ``build_schedule`` for every rank; ``"classes"`` builds one
+        rank per block class and derives the others' communicators (same result, much
+        faster at large P; see :func:`_schedules_by_class`); ``"auto"``: classes from
+        P = 512 on.
 
     Raises
     ------
     ValueError
-        If the grid splits a dimension finer than its size.
+        If the grid splits a dimension finer than its size, or ``method`` is unknown.
     """
-    from .runtime.schedule import build_schedule
+    from .runtime import schedule as sched_mod
 
+    if method not in ("auto", "full", "classes"):
+        raise ValueError(f"method must be auto, full or classes, got {method!r}")
     check_grid(spec, grid)
     t0 = time.perf_counter()
     P = grid.size
+    mismatches: list[str] = []
+    scheds = None
+    if method == "classes" or (method == "auto" and P >= 512):
+        scheds = _schedules_by_class(spec, grid, progress, mismatches)
+        if scheds is None:
+            return Simulation(spec, grid, {op: np.zeros(P, np.int64) for op in OPERATIONS},
+                              {op: np.zeros(P, np.int64) for op in OPERATIONS}, mismatches,
+                              0, time.perf_counter() - t0)
     recv = {op: np.zeros(P, dtype=np.int64) for op in OPERATIONS}
     send = {op: np.zeros(P, dtype=np.int64) for op in OPERATIONS}
-    scheds = []
+    built = []
+    sums: dict[int, tuple[int, int]] = {}
     for r in range(P):
-        s = build_schedule(spec, grid, r)
-        for op, (rv, sd) in s.volume().items():
-            recv[op][r] = rv
-            send[op][r] = sd
-        if check:
-            scheds.append(s)
-        if progress is not None and (r + 1) % 256 == 0:
+        s = scheds[r] if scheds is not None else sched_mod.build_schedule(spec, grid, r)
+        for op, o in s.ops.items():
+            if scheds is None:  # every rank built: the runtime's own byte counts
+                recv[op][r], send[op][r] = o.recv_bytes, o.send_bytes
+                continue
+            if id(o.counts) not in sums:  # shared by a class (kept alive by ``scheds``)
+                sums[id(o.counts)] = (sum(o.counts), sum(o.send_counts))
+            recv[op][r], send[op][r] = _op_bytes(o, *sums[id(o.counts)])
+        if check and scheds is None:
+            built.append(s)
+        if scheds is None and progress is not None and (r + 1) % 256 == 0:
             progress(r + 1, P)
-    mismatches: list[str] = []
     messages = 0
     if check:
         for op in OPERATIONS:
-            messages += _check_op(op, scheds, mismatches, max_mismatches)
+            messages += _check_op(op, scheds if scheds is not None else built, mismatches,
+                                  max_mismatches)
     return Simulation(spec, grid, recv, send, mismatches, messages, time.perf_counter() - t0)

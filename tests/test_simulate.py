@@ -48,8 +48,25 @@ def test_equals_rank_volume(grid):
     assert len(d["ranks"]) == g.size and d["max_rank_recv_bytes"] == int(sim.recv_bytes.max())
 
 
-def test_consistency_check_catches_tampering(monkeypatch):
-    spec, g = _spec(), Grid(1, 2, 1, 3, 1)
+@pytest.mark.parametrize("grid", ["2x2x2x2x2", "3x2x2x3x2", "1x4x3x2x3", "3x7x1x1x4"])
+def test_class_derivation_equals_building_every_rank(grid):
+    """method="classes" (one schedule per block class, communicators derived from the
+    grid) gives exactly what building every rank gives, on uneven blocks of every axis."""
+    spec = _spec(batch=5, in_channels=6, out_channels=7, in_size=(13, 11))
+    g = Grid.parse(grid)
+    full, cls = simulate(spec, g, method="full"), simulate(spec, g, method="classes")
+    assert full.consistent and cls.consistent, (full.mismatches, cls.mismatches)
+    for op in OPERATIONS:
+        assert full.recv[op].tolist() == cls.recv[op].tolist()
+        assert full.send[op].tolist() == cls.send[op].tolist()
+    assert full.messages == cls.messages > 0
+    with pytest.raises(ValueError, match="method"):
+        simulate(spec, g, method="fast")
+
+
+@pytest.mark.parametrize("method", ["full", "classes"])
+def test_consistency_check_catches_tampering(monkeypatch, method):
+    spec, g = _spec(), Grid(1, 2, 1, 3, 1)  # K = 7 over 2: every rank its own class
     real = schedule_mod.build_schedule
 
     def tampered(spec_, grid_, rank):
@@ -68,14 +85,14 @@ def test_consistency_check_catches_tampering(monkeypatch):
         return s
 
     monkeypatch.setattr(schedule_mod, "build_schedule", tampered)
-    sim = simulate(spec, g)
+    sim = simulate(spec, g, method=method)
     assert not sim.consistent
     text = "\n".join(sim.mismatches)
     assert "input_halo: rank 1 sends" in text and "which expects" in text
     assert "input_allgather: rank 4 expects block sizes" in text
     assert len(sim.mismatches) == 2
     monkeypatch.setattr(schedule_mod, "build_schedule", real)
-    assert simulate(spec, g).consistent
+    assert simulate(spec, g, method=method).consistent
 
 
 def test_cli_table_json_and_errors(tmp_path):
