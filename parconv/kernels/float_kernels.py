@@ -100,10 +100,13 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
             continue
         n = uint64(whi - wlo)
         step = uint64(sw)
+        b = u0 // H
+        h = u0 - b * H - 1
         for u in range(nunits):
-            uu = u0 + u
-            b = uu // H
-            h = uu - b * H
+            h += 1   # (b, h) of row unit u0 + u, without a division per unit
+            if h == H:
+                h = 0
+                b += 1
             ih = sh * h + dh * r + oh
             d = uint64((q - q0) * ncol + u * W)
             if ih < 0 or ih >= Hx:
@@ -120,6 +123,9 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
                 if sw == 1:
                     for i in range(n):
                         pf[d0 + i] = xf[src + i]
+                elif sw == 2:   # constant stride: LLVM vectorises it with shuffles
+                    for i in range(n):
+                        pf[d0 + i] = xf[src + uint64(2) * i]
                 else:
                     for i in range(n):
                         pf[d0 + i] = xf[src + step * i]

@@ -4,9 +4,11 @@ The output is cut into *blocks* of whole output rows (``u = b*H + h`` row units;
 stays inside one image unless images are smaller than a block) and the reduction
 ``(c, r, s)`` into *chunks* of rows. Per block and chunk a numba kernel packs a bounded
 im2col panel (``chunk_rows x block_cols``, decoding 16-bit/int inputs on the fly), one
-BLAS GEMM multiplies the packed weights by it, and the result lands in the NCHW output:
-directly (GEMM ``out=`` a strided view of the output) for float blocks inside one image,
-otherwise through a ``K x block_cols`` buffer and a numba scatter. No full im2col buffer
+BLAS GEMM (:func:`parconv.kernels.blas.gemm`, ``beta = 1`` for later chunks) multiplies
+the packed weights by it, and the result lands in the NCHW output: directly (a strided
+view of the output as the GEMM's ``C``) for float blocks inside one image, otherwise in a
+``K x block_cols`` buffer that a numba scatter adds into the output (floats once per
+block, integers once per exact chunk). No full im2col buffer
 is ever built: the extra memory is one panel (``chunk_rows x block_cols``) plus one
 ``K x block_cols`` buffer per worker, plus a ``K x chunk_rows`` buffer for weights that are
 not already float32/float64 (int8, float16, bfloat16: converted chunk by chunk). 1x1
