@@ -457,7 +457,7 @@ def part_tiling(args) -> dict[str, Any]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for row, ctx in _walk(d, want):
         name = str(row.get("layer") or ctx.get("layer") or ctx.get("name") or ctx.get("_key", "?"))
-        mem = row.get("memory_bytes", ctx.get("memory_bytes", ctx.get("memory", "?")))
+        mem = ctx.get("memory_label") or row.get("memory_bytes", ctx.get("memory_bytes", ctx.get("memory", "?")))
         prec = row.get("dtype", ctx.get("dtype", ctx.get("preset", ctx.get("precision", ""))))
         key = f"{prec} M={mem}" if prec else f"M={mem}"
         groups.setdefault(key, []).append({"layer": name, "traffic": float(row["traffic_bytes"]),
