@@ -10,6 +10,8 @@ Parts (``--only a,b``; default all):
   bound; log-log, one figure per layer; also the time of the P = 4,096 simulations.
 * ``suite``    the same summed over every ResNet-50 convolution (planner figures, which
   equal the simulator's by test), one figure.
+* ``plan``     the planner's ratios to the bound and to the best fixed strategy vs P, per
+  precision (from ``plan.json``, written by ``bench/bench_plan.py``).
 * ``walltime`` wall time of the distributed convolution at P = 1, 2, 4 (``mpiexec``; best
   of repeats after a warm-up; split into communication and compute) against a
   single-process PyTorch ``conv2d`` of the same layer (1 thread and all cores).
@@ -49,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-PARTS = ("scaling", "suite", "walltime", "tiling", "gemmini", "kernels")
+PARTS = ("scaling", "suite", "plan", "walltime", "tiling", "gemmini", "kernels")
 SCALING_LAYERS = ["resnet50/conv1", "resnet50/layer1.0.conv2", "resnet50/layer3.1.conv2",
                   "resnet50/layer4.0.conv2", "resnet50/layer4.2.conv3"]
 QUICK_LAYERS = ["resnet50/layer3.1.conv2", "resnet50/layer4.0.conv2"]
@@ -545,6 +547,46 @@ def part_gemmini(args) -> dict[str, Any]:
             "title": "Gemmini: parconv vs vendor tiling"}
 
 
+def part_plan(args) -> dict[str, Any]:
+    d = _load("plan.json", "bench/bench_plan.py")
+    rows = [r for r, _ in _walk(d, ("preset", "procs", "geomean_ratio_to_bound",
+                                    "geomean_best_fixed_over_planned"))]
+    if not rows:
+        raise Missing("plan.json has no per-(preset, P) summaries: rerun bench/bench_plan.py")
+    presets = sorted({r["preset"] for r in rows})
+    plt = _plt()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for pre in presets:
+        rs = sorted((r for r in rows if r["preset"] == pre), key=lambda r: r["procs"])
+        P = [r["procs"] for r in rs]
+        ax1.plot(P, [r["geomean_ratio_to_bound"] for r in rs], "-o", label=pre)
+        ax2.plot(P, [r["geomean_best_fixed_over_planned"] for r in rs], "-o", label=pre)
+    for ax, t in ((ax1, "planned ÷ lower bound (geomean over layers)"),
+                  (ax2, "best fixed strategy ÷ planned (geomean)")):
+        ax.set_xscale("log", base=2)
+        ax.axhline(1, color="black", lw=0.8)
+        ax.set_xlabel("processes P")
+        ax.set_title(t, fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, alpha=0.25)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "report_plan.png", dpi=100)
+    plt.close(fig)
+    lines = ["ResNet-50 (batch " + str(d.get("batch", "?")) + "), all layers: the planner's busiest-rank "
+             "bytes against the memory-independent bound and the best fixed strategy (from "
+             "`plan.json`, written by `" + str(d.get("command", "bench/bench_plan.py")) + "`).", "",
+             "| preset | P | geomean planned / bound | max planned / bound | geomean best fixed / planned |",
+             "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["preset"], r["procs"])):
+        lines.append(f"| {r['preset']} | {r['procs']} | {r['geomean_ratio_to_bound']:.3f} | "
+                     f"{r.get('max_ratio_to_bound', float('nan')):.3f} | "
+                     f"{r['geomean_best_fixed_over_planned']:.3f} |")
+    return {"data": {"source": "bench/results/plan.json",
+                     "rows": [{k: v for k, v in r.items() if k != "rows"} for r in rows]},
+            "figures": ["report_plan.png"], "summary_md": "\n".join(lines),
+            "title": "Planner vs bound and fixed strategies (ResNet-50 suite)"}
+
+
 def part_kernels(args) -> dict[str, Any]:
     d = _load("kernels.json", "bench/bench_kernels.py")
     seen: dict[str, dict[str, Any]] = {}
@@ -587,7 +629,7 @@ def part_kernels(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ driver and SUMMARY.md
 
-RUNNERS = {"scaling": part_scaling, "suite": part_suite, "walltime": part_walltime,
+RUNNERS = {"scaling": part_scaling, "suite": part_suite, "plan": part_plan, "walltime": part_walltime,
            "tiling": part_tiling, "gemmini": part_gemmini, "kernels": part_kernels}
 
 
@@ -595,7 +637,7 @@ def write_summary() -> Path:
     """SUMMARY.md from every report_<part>.json present (in :data:`PARTS` order)."""
     out = ["# parconv benchmark summary", "",
            "Regenerate everything with `.venv/bin/python bench/report.py` (or parts: "
-           "`--only scaling,suite,walltime,tiling,gemmini,kernels`, `--quick`). Every figure "
+           "`--only scaling,suite,plan,walltime,tiling,gemmini,kernels`, `--quick`). Every figure "
            "sits beside the JSON it was drawn from, which also records the command and the machine.", ""]
     for part in PARTS:
         path = RESULTS / f"report_{part}.json"

@@ -199,3 +199,32 @@ def test_collect_reports_foreign_files(tmp_path):
     r = subprocess.run([PY, str(SLURM / "collect.py"), str(tmp_path / "missing")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_bench_report_parts_and_missing_inputs(tmp_path, monkeypatch):
+    """bench/report.py: a part whose input JSON is missing says which script to run (no
+    crash, no stale figure); a simulated scaling part writes its figures, JSON and
+    SUMMARY.md section in the results directory."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    monkeypatch.setattr(report, "RESULTS", tmp_path)
+    monkeypatch.setattr(report, "QUICK_LAYERS", ["resnet50/layer4.0.conv2"])
+    (tmp_path / "report_tiling.png").write_bytes(b"stale")
+    assert report.main(["--only", "tiling,kernels,scaling", "--quick", "--no-measure"]) == 0
+    tiling = json.loads((tmp_path / "report_tiling.json").read_text())
+    assert tiling["status"] == "missing" and "bench/bench_tiling.py" in tiling["message"]
+    assert not (tmp_path / "report_tiling.png").exists()
+    sc = json.loads((tmp_path / "report_scaling.json").read_text())
+    assert sc["status"] == "ok" and sc["command"].endswith("--only tiling,kernels,scaling --quick --no-measure")
+    (lay,) = sc["data"]["layers"]
+    assert [r["procs"] for r in lay["rows"]] == [4, 8, 64, 512, 4096]
+    assert all(r["consistent"] and r["simulated_max_recv_bytes"] == r["planned_max_recv_bytes"]
+               for r in lay["rows"])
+    assert (tmp_path / "report_scaling_resnet50_layer4.0.conv2.png").stat().st_size > 10_000
+    summary = (tmp_path / "SUMMARY.md").read_text()
+    assert "**Missing input**: tiling.json not found" in summary
+    assert "![report_scaling_resnet50_layer4.0.conv2.png]" in summary
+    assert "Not generated yet: `.venv/bin/python bench/report.py --only walltime`" in summary
