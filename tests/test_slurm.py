@@ -126,6 +126,8 @@ def test_sweep_dry_run_picks_node_count(tmp_path):
         seen.append(cmd[-1])
     assert seen == [str(ROOT / f"results/slurm/sweep-99/sweep-N{n}-P{4 * n}.json")
                     for n in (1, 2, 4, 8, 16)]
+    r = _dry("sweep.sbatch", _env(tmp_path, SLURM_ARRAY_TASK_ID="1", **{**common, "SLURM_NTASKS_PER_NODE": "6,4"}))
+    assert _commands(r.stdout)[0][1:3] == ["-n", "12"]  # no srun here: the mpirun fallback
     # index past the list, and a count larger than the allocation: clear errors
     r = _dry("sweep.sbatch", _env(tmp_path, SLURM_ARRAY_TASK_ID="5", **common))
     assert r.returncode != 0 and "PARCONV_SWEEP_NODES has 5 counts" in r.stderr
