@@ -60,8 +60,11 @@ parconv_launcher() {  # print which launcher is used: srun or mpirun
     case "$PARCONV_LAUNCHER" in
         srun|mpirun) echo "$PARCONV_LAUNCHER" ;;
         auto)
+            # (captured first: with pipefail, `srun ... | grep -q` can fail on SIGPIPE)
+            local plugins=""
+            command -v srun >/dev/null 2>&1 && plugins="$(srun --mpi=list 2>&1 || true)"
             if command -v srun >/dev/null 2>&1 &&
-               { [ "$PARCONV_SRUN_MPI" = none ] || srun --mpi=list 2>&1 | grep -qw "$PARCONV_SRUN_MPI"; }; then
+               { [ "$PARCONV_SRUN_MPI" = none ] || grep -qw -- "$PARCONV_SRUN_MPI" <<< "$plugins"; }; then
                 echo srun
             else
                 echo mpirun
