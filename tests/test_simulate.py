@@ -21,7 +21,6 @@ from parconv.simulate import simulate
 from parconv.spec import ConvSpec
 
 ROOT = Path(__file__).resolve().parent.parent
-MPIEXEC = ROOT / ".venv" / "bin" / "mpiexec"
 
 
 def _spec(**kw) -> ConvSpec:
@@ -116,8 +115,10 @@ def test_cli_table_json_and_errors(tmp_path):
 
 def _mpi_run(n: int, grid: str, flags: list[str], out: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PMI_"))}
-    cmd = [str(MPIEXEC), "-n", str(n), sys.executable, "-m", "parconv", "run", "--grid", grid,
-           *flags, "--json", str(out)]
+    from parconv import mpienv
+
+    cmd = [*mpienv.find_launcher(env).command, "-n", str(n), sys.executable, "-m", "parconv",
+           "run", "--grid", grid, *flags, "--json", str(out)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=100, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return json.loads(out.read_text())

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from parconv import mpienv
+
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
 TEMPLATES = ["layer.sbatch", "sweep.sbatch", "suite.sbatch"]
@@ -161,7 +163,7 @@ def test_layer_template_real_run_and_collect(tmp_path):
     collect.py over its JSON and a simulate JSON of the same layer."""
     out = tmp_path / "res"
     env = _env(tmp_path, SLURM_NTASKS="2", PARCONV_LAUNCHER="mpirun", PARCONV_OUT=str(out),
-               PARCONV_MPIRUN=f"{ROOT / '.venv/bin/mpiexec'} -launcher fork",
+               PARCONV_MPIRUN=shlex.join(mpienv.find_launcher().command),
                PARCONV_LAYER="resnet18/layer4.0.conv2", PARCONV_BATCH="1",
                PARCONV_GRID="1x1x1x2x1", PARCONV_RUN_ARGS="--verify",
                NUMBA_CACHE_DIR=os.environ.get("NUMBA_CACHE_DIR", str(ROOT / ".numba_cache")))
