@@ -16,9 +16,11 @@ _stamp="$PARCONV_VENV/.parconv-installed"
 _want="$( (cat "$PARCONV_ROOT/pyproject.toml"; echo "$PARCONV_EXTRAS") | sha256sum | cut -c1-16)"
 if [ ! -f "$_stamp" ] || [ "$(cat "$_stamp")" != "$_want" ]; then
     echo "[parconv] installing parconv[$PARCONV_EXTRAS] into $PARCONV_VENV" >&2
-    "$PARCONV_VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        -e "$PARCONV_ROOT[$PARCONV_EXTRAS]" 2>&1 | grep -v "^WARNING: Location" >&2
-    if "$PARCONV_VENV/bin/python" -c "import parconv, mpi4py, numba" 2>/dev/null; then
+    # No pipe here: under `set -o pipefail` a filter that prints nothing (grep -v on a
+    # quiet, successful install) would fail the caller.
+    if "$PARCONV_VENV/bin/python" -m pip install -q --disable-pip-version-check \
+            -e "$PARCONV_ROOT[$PARCONV_EXTRAS]" >&2 \
+        && "$PARCONV_VENV/bin/python" -c "import parconv, mpi4py, numba" 2>/dev/null; then
         echo "$_want" > "$_stamp"
     else
         echo "[parconv] installation failed" >&2
