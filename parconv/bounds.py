@@ -332,8 +332,16 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool 
 
 def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: float) -> Bound:
     """P processors with ``memory_bytes`` each (THEORY.md §5): the segment bound of §3 for
-    the busiest processor, which performs at least G_real/P real iterations; counts the
-    bits it sends plus receives. No compulsory term (a processor may own its data).
+    the busiest processor, which performs at least G_real/P real iterations. No
+    compulsory term (a processor may own its data).
+
+    It counts every bit crossing the boundary of a processor's memory of M bits: bits it
+    receives and sends, **plus** loads and stores from any local memory beyond M. Only
+    if M is a processor's whole memory (its owned share included) is that its network
+    traffic alone; that needs ``P·M >= p_I·|In| + p_F·|F|`` and ``P·M >= p_output·|Out|``
+    (``details["network_only"]``). When that fails (e.g. M read as a cache size), no
+    one-level execution exists, the bound says nothing about network bytes alone, and
+    ``binding`` says so: the data-parallel grid can move less over the network.
 
     Raises
     ------
@@ -347,17 +355,21 @@ def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: fl
     seg, v, t, (i, f, o) = _segment_bound(spec, g_work, m)
     gw = weighted_work(spec) / p
     segw, tw = _weighted_segment_bound(c, gw, m)
+    network_only = p * m >= max(c.p_in * c.in_total + c.p_filter * c.filter_total,
+                                c.p_output * c.out_total)
     details = {"memory_bits": m, "procs": p, "iterations_per_proc": g_work, "T_bits": t,
                "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "rho": c.rho,
                "closed_form_I1_bits": _closed_form_i1(c, g_work, m), "segment_bits": seg,
                "stride_class_bits": segw, "stride_class_T_bits": tw,
-               "weighted_work_per_proc": gw}
+               "weighted_work_per_proc": gw, "network_only": network_only}
+    note = "" if network_only else " [P*M < data: network + local-memory bits]"
     if segw > seg * (1 + 1e-6):
         details["tight"] = [I1W]
-        return Bound(segw, I1W, segw <= 0, details)
+        return Bound(segw, I1W + note, segw <= 0, details)
     tight = _tight(spec, v, i, f, o) if seg > 0 else []
     details["tight"] = tight
-    return Bound(seg, " + ".join(tight) if tight else "none (vacuous)", seg <= 0, details)
+    label = " + ".join(tight) + note if tight else "none (vacuous)"
+    return Bound(seg, label, seg <= 0, details)
 
 
 def waterfill(spec: ConvSpec, procs: int) -> dict:

@@ -78,6 +78,9 @@ class Counts:
         Elements touched by some real iteration (the box limits of the footprints).
     in_total, filter_total, out_total:
         Full array sizes (used for the owned share in the parallel bounds).
+    p_accum, p_output:
+        Bits of a partial sum and of a finished output (``p_out`` is their minimum); only
+        :attr:`p_max` uses them.
     """
 
     p_in: float
@@ -98,6 +101,8 @@ class Counts:
     in_total: int
     filter_total: int
     out_total: int
+    p_accum: float = 0.0
+    p_output: float = 0.0
 
     @property
     def crs(self) -> int:
@@ -109,8 +114,10 @@ class Counts:
 
     @property
     def p_max(self) -> float:
-        """Largest element size in bits (the granularity of one transfer)."""
-        return max(self.p_in, self.p_filter, self.p_out)
+        """Largest single transfer in bits: an input, a filter element, a partial sum
+        (``p_accum``) or a finished output (``p_output``). Not ``p_out``: with a narrower
+        output type (fp16 with fp32 accumulation) a spilled partial sum is wider."""
+        return max(self.p_in, self.p_filter, self.p_out, self.p_accum, self.p_output)
 
 
 @lru_cache(maxsize=4096)
@@ -126,6 +133,7 @@ def counts(spec: ConvSpec) -> Counts:
         in_used=int(spec.input_used_elems), filter_used=spec.K * spec.C * rh * rw,
         out_used=spec.B * spec.K * hh * hw,
         in_total=spec.input_elems, filter_total=spec.filter_elems, out_total=spec.output_elems,
+        p_accum=float(p.p_accum), p_output=float(p.p_output),
     )
 
 
