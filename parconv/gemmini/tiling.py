@@ -20,6 +20,7 @@ vectors and loop orders with this same model (see ``docs/gemmini.md``).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -283,92 +284,234 @@ def _splits(n: int, dim: int = 1, most: int = 64) -> list[int]:
     return sorted(out, reverse=True)
 
 
-#: Output-loop orders parconv considers (reduction loops r, s, c always innermost):
-#: channels innermost (inputs reused across k tiles) or outermost (weights reused across
-#: spatial tiles), and batch innermost (weights reused across images).
-PARCONV_ORDERS = (("b", "h", "w", "k"), ("k", "b", "h", "w"), ("h", "w", "k", "b"),
-                  ("k", "h", "w", "b"))
+def _channel_tiles(n: int, dim: int) -> list[int]:
+    """Channel tile sizes: whole DIM blocks split evenly (ceil(blocks/p)·DIM, capped at n),
+    plus the balanced splits rounded up to DIM (no partial blocks except at the edge)."""
+    blocks = _ceil(n, dim)
+    out = {min(n, _ceil(blocks, p) * dim) for p in range(1, blocks + 1)}
+    return sorted(out | set(_splits(n, dim, n)), reverse=True)
 
 
-def candidate_plans(spec: ConvSpec, cfg: GemminiConfig = DEFAULT):
-    """Tile vectors (fitting, DIM-aware, balanced) × loop orders for the parconv search."""
+def candidate_tiles(spec: ConvSpec, cfg: GemminiConfig = DEFAULT) -> np.ndarray:
+    """Every tile of parconv's search space that fits the build, as an (n, 7) int array.
+
+    Per axis: batch, output rows and kernel rows/cols split evenly (every ``ceil(n/p)``);
+    output columns split evenly or in multiples of DIM (full I blocks); channel tiles as
+    whole DIM blocks split evenly (:func:`_channel_tiles`). The fit check is the library's
+    (vectorised :func:`parconv.gemmini.vendor.tile_rows`).
+    """
     d = cfg.dim
-    kr_opts = [spec.R] + ([1] if spec.R > 1 else [])
-    for kr in kr_opts:
-        ks = spec.S if kr == spec.R else 1
-        found = False
-        for bb in _splits(spec.B):
-            for tk in _splits(spec.K, d, 16):
-                for tc in _splits(spec.C, d, 16):
-                    for th in _splits(spec.H):
-                        if not tile_fits(spec, (bb, th, 1, tk, kr, ks, tc), cfg):
-                            continue
-                        head = (bb, th)
-                        tail = (tk, kr, ks, tc)
-                        tw_max = _max_fit(lambda w, head=head, tail=tail:
-                                          tile_fits(spec, head + (w,) + tail, cfg), spec.W)
-                        tws = {_ceil(spec.W, _ceil(spec.W, tw_max))}
-                        if tw_max >= d:
-                            tws.add(tw_max // d * d)
-                        for tw in tws:
-                            found = True
-                            for outer in PARCONV_ORDERS:
-                                yield Plan((bb, th, tw, tk, kr, ks, tc), outer + REDUCTION, "parconv")
-        if found:
-            return
+    tw = sorted(set(_splits(spec.W, 1, spec.W)) | set(range(d, spec.W + 1, d)), reverse=True)
+    axes = [_splits(spec.B, 1, spec.B), _splits(spec.H, 1, spec.H), tw,
+            _channel_tiles(spec.K, d), _splits(spec.R, 1, spec.R), _splits(spec.S, 1, spec.S),
+            _channel_tiles(spec.C, d)]
+    grid = np.stack([g.ravel() for g in np.meshgrid(*[np.array(a, dtype=np.int64) for a in axes],
+                                                    indexing="ij")], axis=1)
+    bb, th, tw_, tk, kr, ks, tc = grid.T
+    stride, dil, ds = max(spec.stride), max(spec.dilation), int(downsampled(spec))
+    irows = th * stride + dil * (kr - 1)
+    icols = tw_ * stride + dil * (ks - 1)
+    sp = _ceil(tc, d) * bb * (irows >> ds) * (icols >> ds) + _ceil(tk, d) * kr * ks * tc
+    acc = _ceil(tk, d) * bb * th * tw_
+    return grid[(sp <= cfg.sp_rows_tile) & (acc <= cfg.acc_rows_tile)]
 
 
-def _max_fit(ok, hi: int) -> int:
-    lo = 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if ok(mid):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+def _span_count(axis, t_out, t_k, first: bool, n_out: int, n_k: int, ds: bool) -> np.ndarray:
+    """Real input positions along one axis of the first (or last) tile, vectorised over tiles."""
+    if first:
+        o_lo, o_hi, k_lo, k_hi = 0, np.minimum(t_out, n_out), 0, np.minimum(t_k, n_k)
+    else:
+        o_lo, k_lo = (_ceil(n_out, t_out) - 1) * t_out, (_ceil(n_k, t_k) - 1) * t_k
+        o_hi, k_hi = n_out, n_k
+    lo = np.maximum(axis.stride * o_lo + axis.dilation * k_lo - axis.padding, 0)
+    hi = np.minimum(axis.stride * (o_hi - 1) + axis.dilation * (k_hi - 1) - axis.padding + 1,
+                    axis.in_size)
+    step = 2 if ds else 1
+    return np.maximum(_ceil(hi - lo, step), 0)
 
 
-def _quick_score(spec: ConvSpec, plan: Plan, cfg: GemminiConfig) -> tuple[float, float]:
-    """Cheap (cycles, DRAM bytes) estimates used to rank candidates: interior-tile load,
-    execute and store costs, with the exact number of operand loads of the order."""
-    bb, th, tw, tk, kr, ks, tc = plan.tile
-    n = {a: _ceil(v, t) for a, v, t in zip(LOOPS, (spec.B, spec.H, spec.W, spec.K, spec.R,
-                                                    spec.S, spec.C), plan.tile)}
-    ntiles = int(np.prod(list(n.values())))
-    n_red = n["r"] * n["s"] * n["c"]
+def _rows_lb(axis, e_out, e_k, ds: bool, clip: bool = True):
+    """At least this many real input positions along one axis for a tile of ``e_out``
+    outputs and ``e_k`` kernel taps: its window less the padding on each side (``clip``),
+    or the whole window capped at the input (an interior tile, ``clip=False``)."""
+    win = axis.stride * (e_out - 1) + axis.dilation * (e_k - 1) + 1
+    if not clip:
+        return np.minimum(_ceil(win, 2 if ds else 1), axis.in_size)
+    return np.maximum(_ceil(win - 2 * axis.padding, 2 if ds else 1), 0)
 
-    def loads(loops):
-        if n_red > 1:
-            return ntiles
-        last = max(plan.order.index(a) for a in loops if a not in REDUCTION)
-        return int(np.prod([n[a] for a in plan.order[:last + 1]]))
 
-    ih = min(spec.in_size[0], spec.stride[0] * (th - 1) + spec.dilation[0] * (kr - 1) + 1)
-    iw = min(spec.in_size[1], spec.stride[1] * (tw - 1) + spec.dilation[1] * (ks - 1) + 1)
-    rq, bt = cyc.run_cost(tc, cfg)
-    px = bb * ih * iw
-    l_in = float(cyc.dma_cycles(px * rq, px * bt, cfg))
-    rq, bt = cyc.run_cost(tk, cfg)
-    l_w = float(cyc.dma_cycles(kr * ks * tc * rq, kr * ks * tc * bt, cfg))
-    _, srq, sbt = store_cost(bb * th * tw, tk, False, cfg)
-    st = float(cyc.dma_cycles(srq, sbt, cfg)) / n_red
-    ex = float(cyc.exec_cycles(bb, th, tw, tk, kr, ks, tc, cfg))
-    ld = (loads(INPUT_LOOPS) * l_in + loads(WEIGHT_LOOPS) * l_w) / ntiles
-    nbytes = loads(INPUT_LOOPS) * px * tc + loads(WEIGHT_LOOPS) * kr * ks * tc * tk
-    return ntiles * max(ex, ld, st), float(nbytes)
+def tile_lower_bound(spec: ConvSpec, tiles, cfg: GemminiConfig = DEFAULT, bias: bool = False,
+                     raw: bool = False) -> np.ndarray:
+    """A lower bound on the modelled cycles of ANY plan (order, policy) with each tile;
+    see :func:`_bound_and_estimate`."""
+    return _bound_and_estimate(spec, tiles, cfg, bias, raw)[0]
+
+
+def _bound_and_estimate(spec: ConvSpec, tiles, cfg: GemminiConfig, bias: bool, raw: bool):
+    """(lower bound, estimate) of the modelled cycles of any plan with each tile.
+
+    The bound: a lower bound on the modelled cycles of ANY plan (order, policy) with each tile.
+
+    Execute and store cycles of a tile vector do not depend on the order, nor do the first
+    tile (the origin, which loads both operands) and the last one (the far corner, which
+    stores). :func:`parconv.gemmini.cycles.pipeline_cycles` is
+    ``load₀ + Σ_t max(load_{t+1}, exec_t, store_{t−1}) + store_last``, which is at least
+    ``load₀ + Σ exec + store_last`` and at least ``load₀ + exec₀ + Σ store`` (slot 0 has no
+    store, slot t ≥ 1 at least store_{t−1}) and at least ``Σ load + exec_last +
+    store_last`` (slot t ≥ load_{t+1}; the last slot ≥ exec_last). The first two are exact
+    per tile vector: the tiles of an axis have two sizes (full, and the clamped edge), so
+    the sums run over ≤ 2⁷ size classes with their multiplicities. ``Σ load`` is bounded
+    below, for every order: each distinct input and weight tile is loaded at least once;
+    with a reduction split (r, s or c) consecutive tiles never share an operand tile, so
+    every tile reloads each operand with more than 2 tiles; without one, consecutive tiles
+    differ in an output loop, so when neither operand stays resident each tile reloads at
+    least one of them. Input windows are counted less the padding on each side (a tile
+    loses at most that much to clipping).
+
+    The estimate (for ranking only, not a bound): ``load₀ + Σ_t max(exec_t, reload_t,
+    store_t / reduction tiles) + store_last`` over the same size classes, with reload_t
+    the per-tile operand reload of the bound.
+
+    Parameters
+    ----------
+    tiles : (n, 7) int array of tile vectors (each entry ≤ the layer's extent).
+    """
+    t = np.atleast_2d(np.asarray(tiles, dtype=np.int64))
+    dims = np.array([spec.B, spec.H, spec.W, spec.K, spec.R, spec.S, spec.C], dtype=np.int64)
+    n = _ceil(dims, t)
+    last = dims - (n - 1) * t
+    cls = [((t[:, i], n[:, i] - 1), (last[:, i], np.ones_like(n[:, i]))) for i in range(7)]
+    ds = downsampled(spec)
+    ah, aw = spec.axes
+    total_ex, total_st, both, either, dist_in, dist_w, est = (
+        np.zeros(len(t), dtype=np.int64) for _ in range(7))
+    n_red = n[:, 4] * n[:, 5] * n[:, 6]
+    many_in = np.prod(n[:, [0, 1, 2, 4, 5, 6]], axis=1) > 2   # not kept resident
+    many_w = np.prod(n[:, 3:], axis=1) > 2
+    for pick in np.ndindex(*(2,) * 7):
+        v = [cls[i][p][0] for i, p in enumerate(pick)]
+        cnts = [cls[i][p][1] for i, p in enumerate(pick)]
+        cnt = np.prod(cnts, axis=0)
+        ex = cyc.exec_cycles(*v, cfg)
+        total_ex += cnt * ex
+        _, q, b = store_cost(v[0] * v[1] * v[2], v[3], raw, cfg)
+        st = cyc.dma_cycles(q, b, cfg)
+        if pick[4] == pick[5] == pick[6] == 1:  # one store per output tile (last reduction)
+            total_st += np.prod(cnts[:4], axis=0) * st
+        # operand loads, with the input window clipped by at most the padding on each side
+        px = v[0] * _rows_lb(ah, v[1], v[4], ds) * _rows_lb(aw, v[2], v[5], ds)
+        rq, bt = cyc.run_cost(v[6] * cfg.in_bytes, cfg)
+        in_q, in_b = px * rq, px * bt
+        rq, bt = cyc.run_cost(v[3] * cfg.in_bytes, cfg)
+        w_q, w_b = v[4] * v[5] * v[6] * rq, v[4] * v[5] * v[6] * bt
+        l_in, l_w = cyc.dma_cycles(in_q, in_b, cfg), cyc.dma_cycles(w_q, w_b, cfg)
+        l_both = cyc.dma_cycles(in_q * many_in + w_q * many_w, in_b * many_in + w_b * many_w, cfg)
+        both += cnt * l_both
+        either += cnt * np.minimum(l_in, l_w)
+        # the estimate takes interior windows (no clipping)
+        px = v[0] * _rows_lb(ah, v[1], v[4], ds, clip=False) * _rows_lb(aw, v[2], v[5], ds, clip=False)
+        e_in, e_w = px * _ceil(v[6] * cfg.in_bytes, cfg.dma_max_request_bytes), w_q
+        e_inb = px * _ceil(v[6] * cfg.in_bytes, cfg.dma_beat_bytes)
+        e_both = cyc.dma_cycles(e_in * many_in + e_w * many_w, e_inb * many_in + w_b * many_w, cfg)
+        reload = np.where(n_red > 1, e_both,
+                          np.where(many_in & many_w,
+                                   np.minimum(cyc.dma_cycles(e_in, e_inb, cfg), l_w), 0))
+        est += cnt * np.maximum(np.maximum(ex, reload), st // n_red)
+        if pick[3] == 1:  # each distinct input tile (b, h, w, r, s, c) is loaded at least once
+            dist_in += np.prod([cnts[i] for i in (0, 1, 2, 4, 5, 6)], axis=0) * l_in
+        if pick[0] == pick[1] == pick[2] == 1:  # each distinct weight tile (k, r, s, c)
+            dist_w += np.prod(cnts[3:], axis=0) * l_w
+    # with a reduction split every tile reloads every non-resident operand; without one,
+    # consecutive tiles differ in an output loop, so each reloads at least one operand
+    # unless one of them stays resident (≤ 2 tiles)
+    loads = np.where(n_red > 1, both, np.where(many_in & many_w, either, 0))
+    loads = np.maximum(loads, np.maximum(dist_in, dist_w))
+    first = [np.minimum(t[:, i], dims[i]) for i in range(7)]
+    px = first[0] * _span_count(ah, t[:, 1], t[:, 4], True, spec.H, spec.R, ds) \
+        * _span_count(aw, t[:, 2], t[:, 5], True, spec.W, spec.S, ds)
+    rq, bt = cyc.run_cost(first[6] * cfg.in_bytes, cfg)
+    req, beats = px * rq, px * bt
+    rq, bt = cyc.run_cost(first[3] * cfg.in_bytes, cfg)
+    wrows = first[4] * first[5] * first[6]
+    req, beats = req + wrows * rq, beats + wrows * bt
+    if bias:
+        opx = first[0] * first[1] * first[2]
+        rq, bt = cyc.run_cost(first[3] * cfg.acc_bytes, cfg)
+        req, beats = req + opx * rq, beats + opx * bt
+    load0 = cyc.dma_cycles(req, beats, cfg)
+    exec0 = cyc.exec_cycles(*first, cfg)
+    _, q, b = store_cost(last[:, 0] * last[:, 1] * last[:, 2], last[:, 3], raw, cfg)
+    store_last = cyc.dma_cycles(q, b, cfg)
+    exec_last = cyc.exec_cycles(*[last[:, i] for i in range(7)], cfg)
+    bound = np.maximum.reduce([load0 + total_ex + store_last, load0 + exec0 + total_st,
+                               loads + exec_last + store_last])
+    return bound, np.maximum(bound, load0 + est + store_last)
+
+
+def cycle_floor(spec: ConvSpec, config: GemminiConfig | None = None, raw: bool = False) -> int:
+    """A lower bound on the modelled cycles of ANY tiling, order and policy of ``spec``.
+
+    The largest of three floors (``P = B·H·W`` output pixels, ``d = DIM``):
+
+    * **execute**: every pixel meets every DIM-block of output channels, kernel tap and
+      input-channel block once, at ≥ 1 cycle per pixel of a preload+compute pair, and a
+      weight block of K_rows channels preloaded before a pair of I pixels costs
+      ``max(I, K_rows, 4) − max(I, 4)`` more, with ``I ≤ min(W, d)``. Per (tile, output
+      block, tap), splitting its channels into blocks cannot beat
+      ``(channels/d)·(pair cycles + d − m)``, ``m = max(min(W, d), 4)`` (a block's pairs
+      cost ≥ m), so exec ≥ ``⌈K/d⌉·R·S·max(⌈C/d⌉·P, (C/d)·(P + d − m))``;
+    * **store**: each pixel leaves in ≥ ``⌈K/d⌉`` and ≥ ``⌈K·e/64⌉`` requests and
+      ``⌈K·e/16⌉`` beats (e = 1, or 4 when raw), in ≥ ``⌈P·⌈K/d⌉ / acc rows⌉`` phases;
+    * **load**: the used input and all weights cross the bus at least once.
+
+    Unlike ``MACs/(min(C,d)·min(K,d))`` it charges the preloads of 7×7 layers and the
+    latency-bound int8 stores of wide 1×1 layers, which no tiling avoids.
+    """
+    cfg = config or DEFAULT
+    d, lat, fl = cfg.dim, cfg.dram_latency, cfg.dma_inflight
+    px = spec.B * spec.H * spec.W
+    nk = _ceil(spec.K, d)
+    m = max(min(spec.W, d), cfg.min_compute_cycles)
+    exe = nk * spec.R * spec.S * max(_ceil(spec.C, d) * px,
+                                     spec.C * (px + max(d - m, 0)) // d)
+    eb = cfg.acc_bytes if raw else cfg.in_bytes
+    req = px * max(nk, _ceil(spec.K * eb, cfg.dma_max_request_bytes))
+    beats = px * _ceil(spec.K * eb, cfg.dma_beat_bytes)
+    phases = _ceil(px * nk, cfg.acc_rows_tile)
+    store = phases * lat + max(beats, req * lat // fl)
+    nbytes = (spec.input_used_elems + spec.filter_elems) * cfg.in_bytes
+    load = lat + max(_ceil(nbytes, cfg.dma_beat_bytes),
+                     _ceil(nbytes, cfg.dma_max_request_bytes) * lat // fl)
+    return int(max(exe, store, load))
+
+
+#: Output loops; parconv tries every order of those with more than one tile.
+OUTPUT_LOOPS = ("b", "h", "w", "k")
+
+
+def _orders(spec: ConvSpec, tile) -> list[tuple[str, ...]]:
+    """Distinct output-loop orders for ``tile``: loops with a single tile do not matter."""
+    dims = dict(zip(LOOPS, (spec.B, spec.H, spec.W, spec.K, spec.R, spec.S, spec.C)))
+    size = dict(zip(LOOPS, tile))
+    multi = [a for a in OUTPUT_LOOPS if _ceil(dims[a], size[a]) > 1]
+    single = tuple(a for a in OUTPUT_LOOPS if a not in multi)
+    return [single + perm + REDUCTION for perm in itertools.permutations(multi)]
 
 
 def parconv_plan(spec: ConvSpec, config: GemminiConfig | None = None, bias: bool = False,
                  raw: bool = False, max_bytes: int | None = None, max_cycles: int | None = None,
-                 cycle_slack: float = 0.005, keep: int = 40) -> tuple[Plan, Cost]:
+                 cycle_slack: float = 0.005, max_tiles: int = 200) -> tuple[Plan, Cost]:
     """parconv's tiling: the least DRAM traffic among the (near-)fastest plans.
 
-    Candidates (:func:`candidate_plans`) are ranked by cheap cycle and byte estimates; the
-    best ``keep`` by cycles, the best ``keep // 2`` by bytes, the largest tiles and the
-    library's own tile (run with parconv's reuse) are priced exactly with :func:`evaluate`.
-    Among those within ``cycle_slack`` of the fewest modelled cycles (and within
-    ``max_cycles`` / ``max_bytes`` when given) the one moving the fewest DRAM bytes wins.
+    Branch and bound over :func:`candidate_tiles` × every order of the output loops (with
+    parconv's reuse): tile vectors are taken in increasing estimated cycles and every
+    order of each is priced exactly with :func:`evaluate`; a tile whose
+    :func:`tile_lower_bound` exceeds the fastest plan found by more than ``cycle_slack``
+    is skipped; at most ``max_tiles`` tile vectors are priced (the search is exact within
+    its space when every tile left over is pruned by the bound). The library's own
+    tile under its own order with parconv's reuse is always priced first. Among the plans
+    within ``cycle_slack`` of the fewest modelled cycles (and within ``max_cycles`` /
+    ``max_bytes`` when given) the one moving the fewest DRAM bytes wins.
 
     Returns
     -------
@@ -381,32 +524,39 @@ def parconv_plan(spec: ConvSpec, config: GemminiConfig | None = None, bias: bool
     """
     cfg = config or DEFAULT
     check_spec(spec)
-    return _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, keep)
+    return _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, max_tiles)
 
 
 @lru_cache(maxsize=512)
-def _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, keep):
-    cands = list(candidate_plans(spec, cfg))
-    if not cands:
+def _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, max_tiles):
+    tiles = candidate_tiles(spec, cfg)
+    if not len(tiles):
         raise ValueError(f"no tile fits this Gemmini build for {spec.describe()}")
-    est = {p: _quick_score(spec, p, cfg) for p in cands}
-    by_cycles = sorted(cands, key=lambda p: (est[p][0], -_volume(p)))
-    by_bytes = sorted(cands, key=lambda p: (est[p][1], est[p][0]))
-    by_volume = sorted(cands, key=lambda p: -_volume(p))
-    # the library's own tile under parconv's order and reuse never costs more than the
-    # library's execution, so the search can only improve on it
-    own = []
+    lb, est = _bound_and_estimate(spec, tiles, cfg, bias, raw)
+    rank = np.lexsort((-np.prod(tiles, axis=1), lb, est))
+    priced = []
+
+    def price(plan):
+        c = evaluate(spec, plan, cfg, bias, raw)
+        if max_bytes is None or c.dram_bytes["total"] <= max_bytes:
+            priced.append((c.cycles, c.dram_bytes["total"], plan, c))
+
+    # the library's own tile under its order with parconv's reuse never costs more than
+    # the library's execution, so the search can only improve on it
     try:
-        own = [Plan(vendor_plan(spec, cfg).tile, LIBRARY_ORDER, "parconv")]
+        price(Plan(vendor_plan(spec, cfg).tile, LIBRARY_ORDER, "parconv"))
     except ValueError:  # non-square layer: no library tile
         pass
-    pool = list(dict.fromkeys(own + by_cycles[:keep] + by_bytes[:keep // 2] + by_volume[:keep // 4]))
-    priced = []
-    for p in pool:
-        c = evaluate(spec, p, cfg, bias, raw)
-        if max_bytes is not None and c.dram_bytes["total"] > max_bytes:
-            continue
-        priced.append((c.cycles, c.dram_bytes["total"], p, c))
+    done = 0
+    for i in rank:
+        if priced and lb[i] > min(t[0] for t in priced) * (1 + cycle_slack):
+            continue  # no order of this tile can be among the fastest
+        if done >= max_tiles:
+            break
+        done += 1
+        tile = tuple(int(v) for v in tiles[i])
+        for order in _orders(spec, tile):
+            price(Plan(tile, order, "parconv"))
     if not priced:
         raise ValueError(f"no candidate tiling moves at most {max_bytes} DRAM bytes")
     fastest = min(t[0] for t in priced)
@@ -416,10 +566,6 @@ def _search(spec, cfg, bias, raw, max_bytes, max_cycles, cycle_slack, keep):
     ok = [t for t in priced if t[0] <= limit]
     _, _, plan, cost = min(ok, key=lambda t: (t[1], t[0]))
     return plan, cost
-
-
-def _volume(p: Plan) -> int:
-    return int(np.prod(p.tile[:4])) * p.tile[6]
 
 
 @lru_cache(maxsize=256)
@@ -434,4 +580,4 @@ def compare(spec: ConvSpec, config: GemminiConfig = DEFAULT, bias: bool = False,
 
 
 __all__ = ["LOOPS", "LIBRARY_ORDER", "Plan", "Cost", "evaluate", "vendor_plan", "parconv_plan",
-           "compare", "candidate_plans", "tile_fits"]
+           "compare", "candidate_tiles", "tile_lower_bound", "cycle_floor", "tile_fits"]
