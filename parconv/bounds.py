@@ -48,6 +48,10 @@ __all__ = [
 #: Relative margin by which the numerically minimised footprint cost is shrunk (so it is a
 #: lower bound on the exact minimum; the 1-D search converges to ~1e-13).
 SAFETY = 1e-9
+#: Relative margin on the closed-form minima (water-filling, stride-class equal split): they
+#: are exact but computed in floating point, and real executions meet them exactly (1x1
+#: layers on cube grids), so a last-ulp rounding up must not put the bound above them.
+ROUNDING = 1e-14
 _GRID = 17      # points per zoom round of the 1-D convex search
 _ROUNDS = 16    # zoom rounds: the bracket shrinks by (GRID-1)/2 = 8 per round
 
@@ -442,7 +446,7 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
     gw = weighted_work(spec) / p
     need_w = _min_sum_for_product(c.p_in * c.p_filter * c.p_out * gw * gw, _caps_bits(c)) \
         if gw > 0 else 0.0
-    need = max(wf["total"], full, need_w)
+    need = max(wf["total"] * (1.0 - ROUNDING), full, need_w * (1.0 - ROUNDING))
     bits = need - owned
     binding = wf["regime"]
     if need_w > max(wf["total"], full) * (1 + 1e-6):
