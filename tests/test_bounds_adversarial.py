@@ -25,8 +25,8 @@ the work) and contiguous chunks of a tiled order. Ownership respects the model (
 ``ceil(|A|/P)`` elements of an array per processor) and is chosen adversarially (each
 processor owns as much of what it touches as allowed), in blocks and at random. A
 processor's minimal traffic is: each input/filter element it touches but does not own
-received, and each output it contributes to but does not own sent (``p_output`` bits
-when it computed the whole sum, else ``p_accum``). Checked: the max over processors
+received, and each output it contributes to but does not own sent (counted at
+``min(p_accum, p_output)`` bits, the theorem's own quantity). Checked: the max over processors
 against ``parallel_memory_independent_bound``; the per-processor lemma behind it
 (traffic >= min footprint cost of its iterations - what it owns, and the (I1w) form);
 and, replaying each processor's iterations against a memory of ``M`` bits that
@@ -35,8 +35,11 @@ its receives + output sends against ``parallel_memory_dependent_bound`` and the
 per-processor segment bound. The two-level reading (M = fast memory, owned data in
 unbounded local memory) is checked with local loads/stores counted as traffic.
 
-Each test also asserts the search has teeth: the segment (non-compulsory) bounds bind
-and some execution comes within a small factor of the bound.
+Each test also asserts the search has teeth: the segment (non-compulsory) bounds bind,
+the compulsory bound is met exactly when everything fits, some parallel execution is
+within 1.6x of the memory-independent bound, and on 1x1 layers with block grids that the
+owned shares tile the bound is met exactly (and never exceeded, not even by rounding).
+Runtime about 12 s on one core.
 """
 
 from __future__ import annotations
@@ -170,7 +173,7 @@ class Problem:
 
     # ------------------------------------------------------------------ replay
     def replay(self, order: np.ndarray, m_bits: float, *, initial=(), owned_out=frozenset(),
-               whole_out=None, keep_dirty: bool = False, local_owned: frozenset = frozenset()):
+               whole_out=None, keep_dirty: bool = False):
         """Replay iterations ``order`` against a memory of ``m_bits`` with furthest-next-use
         replacement. Returns the bits moved.
 
@@ -178,8 +181,8 @@ class Problem:
         ``owned_out`` must be resident at the end (if evicted: sent, and received back);
         other outputs leave once (``p_fin`` bits when ``whole_out[o]``, i.e. this replay
         performs all of o's real iterations, else ``p_acc``). A partial sum that will be
-        updated again is spilled and reloaded in ``p_acc``. ``local_owned``: elements
-        whose (re)loads are free (never used here; kept for clarity of the models)."""
+        updated again is spilled and reloaded in ``p_acc``; inputs and filters are
+        loaded whenever absent (a discarded element costs nothing)."""
         ni, nf = self.n_in, self.n_fil
         ids = np.stack([self.inp[order], ni + self.fil[order], ni + nf + self.out[order]], axis=1)
         n = len(order)
@@ -248,8 +251,7 @@ class Problem:
                         used -= size[kv]
                         del res[v]
                     if j < 2:
-                        if e not in local_owned:
-                            moved += size[j]
+                        moved += size[j]
                     elif e in started:
                         moved += self.p_acc          # reload a spilled partial sum
                     started.add(e)
@@ -406,18 +408,18 @@ def _parallel_cases(problems, procs_list, seed):
 
 
 def _traffic(pb: Problem, procs: int, assign, owners) -> tuple[np.ndarray, np.ndarray]:
-    """Per-processor minimal traffic (bits) and owned bits."""
+    """Per-processor bits the model says it must move (the quantity the memory-independent
+    bound is about) and the bits it owns: each input/filter element it touches but does
+    not own received; each output it contributes to but does not own at the end, one
+    contribution sent, counted at ``min(p_accum, p_output)`` (a partial sum really costs
+    ``p_accum``; the smaller count makes the check stricter)."""
     own_i, own_f, own_o = owners
-    cnt_o = np.bincount(pb.out, minlength=pb.n_out)
     traffic, owned = np.zeros(procs), np.zeros(procs)
     for p in range(procs):
         sel = assign == p
-        ti, tf = np.unique(pb.inp[sel]), np.unique(pb.fil[sel])
-        to, mine = np.unique(pb.out[sel], return_counts=True)
-        whole = mine == cnt_o[to]
-        send = own_o[to] != p
+        ti, tf, to = (np.unique(a[sel]) for a in (pb.inp, pb.fil, pb.out))
         traffic[p] = (pb.p_in * np.sum(own_i[ti] != p) + pb.p_fil * np.sum(own_f[tf] != p)
-                      + np.sum(np.where(whole, pb.p_fin, pb.p_acc)[send]))
+                      + pb.p_o * np.sum(own_o[to] != p))
         owned[p] = (pb.p_in * np.sum(own_i == p) + pb.p_fil * np.sum(own_f == p)
                     + pb.p_o * np.sum(own_o == p))
     return traffic, owned
