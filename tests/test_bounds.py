@@ -514,3 +514,35 @@ def test_cli_defaults_and_table(capsys):
     text = capsys.readouterr().out
     assert "sequential" in text and "memory-independent" in text and "vacuous" in text
     assert main(["bound", "--procs", "0"]) == 2
+
+
+def test_cli_memory_dependent_bound_is_not_reported_as_network_bound_when_data_exceeds_memories():
+    """With P*M below the data (M read as a cache), the memory-dependent bound counts network
+    plus local-memory traffic: the JSON's network key is null, the two-level figure is given,
+    and the data-parallel grid's real network bytes are indeed below that figure."""
+    from parconv.partition import Grid, rank_volume
+
+    args = ["bound", "--layer", "resnet50/layer3.1.conv2", "--batch", "32", "--dtype", "fp32",
+            "--memory", "256KiB", "--procs", "2", "--json"]
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(args) == 0
+    d = json.loads(buf.getvalue())
+    spec = layer("resnet50/layer3.1.conv2", 32, PRESETS["fp32"])
+    dep = parallel_memory_dependent_bound(spec, 2, 256 * 1024)
+    assert d["parallel_memory_dependent_network_only"] is False
+    assert d["parallel_memory_dependent_bytes"] is None
+    assert d["parallel_memory_dependent_two_level_bytes"] == dep.bytes
+    vol = rank_volume(spec, Grid(2, 1, 1, 1, 1), 0)
+    network = sum(r + s for r, s in vol.values())
+    assert network < dep.bytes  # why it must not be read as a network bound
+    # With memories that hold the data, the same key is the network bound.
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(args[:-5] + ["--memory", "64MiB", "--procs", "2", "--json"]) == 0
+    d = json.loads(buf.getvalue())
+    assert d["parallel_memory_dependent_network_only"] is True
+    assert d["parallel_memory_dependent_bytes"] == parallel_memory_dependent_bound(spec, 2, 64 << 20).bytes

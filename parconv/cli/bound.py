@@ -23,7 +23,10 @@ def register(subparsers) -> None:
         "bound", help="lower bounds on data movement (sequential and parallel)",
         description="Lower bounds on the bytes a convolution must move: sequential (between a "
                     "fast memory of --memory bytes and slow memory) and, with --procs > 1, "
-                    "parallel memory-dependent (each processor has --memory bytes) and "
+                    "parallel memory-dependent (each processor has --memory bytes in all; "
+                    "when P x memory cannot hold the data, it bounds each processor's traffic "
+                    "across a memory of that size, network plus local, and is reported as "
+                    "two-level instead of as a network bound) and "
                     "memory-independent (bytes the busiest processor must send plus receive). "
                     "Also the stronger sequential bound for schedules with one accumulation "
                     "chain per output (every box tiling; whether it holds in general is open). "
@@ -31,7 +34,8 @@ def register(subparsers) -> None:
                     "vacuous. Proofs: docs/theory.md.")
     add_layer_args(p)
     add_memory_arg(p, default=DEFAULT_MEMORY,
-                   help_=f"fast memory per processor, e.g. 256KiB, 1MiB (default {DEFAULT_MEMORY})")
+                   help_="fast memory (sequential) and memory per processor (parallel), "
+                         f"e.g. 256KiB, 1MiB (default {DEFAULT_MEMORY})")
     add_procs_arg(p, default=1)
     add_json_arg(p)
     p.set_defaults(func=run)
@@ -64,9 +68,15 @@ def build_payload(args: argparse.Namespace) -> dict:
     if args.procs > 1:
         dep = parallel_memory_dependent_bound(spec, args.procs, memory)
         ind = parallel_memory_independent_bound(spec, args.procs)
+        # The memory-dependent bound is a bound on network bytes only when M is a processor's
+        # whole memory, which needs P*M to hold the data (docs/theory.md §5); otherwise it
+        # bounds the traffic across each processor's M bits (network plus local memory).
+        network_only = bool(dep.details.get("network_only", True))
         payload.update({
-            "parallel_memory_dependent_bytes": dep.bytes,
+            "parallel_memory_dependent_bytes": dep.bytes if network_only else None,
             "parallel_memory_dependent_vacuous": dep.vacuous,
+            "parallel_memory_dependent_network_only": network_only,
+            "parallel_memory_dependent_two_level_bytes": dep.bytes,
             "parallel_memory_independent_bytes": ind.bytes,
             "parallel_memory_independent_vacuous": ind.vacuous,
         })
@@ -97,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
             continue
         b = payload["bounds"][key]
         value = "vacuous (<= 0)" if b["vacuous"] else f"{b['bytes']:.0f} B ({format_bytes(b['bytes'])})"
+        if key == "parallel_memory_dependent" and not payload["parallel_memory_dependent_network_only"]:
+            label = "parallel, memory-dependent, two-level (per proc: network + local memory)"
         rows.append([label, value, b["binding"]])
     print(table(rows, ["bound", "bytes", "binding"]))
     return 0
