@@ -174,27 +174,35 @@ def test_sequential_bound_never_beaten(shape):
         assert evaluate(spec, plan, SMALL).dram_bytes["total"] >= bound
 
 
+def _random_plan_case(rng, max_batch: int, max_ch: int, max_size: int, max_dil: int):
+    """A random Gemmini build, layer, fitting-or-not tile and loop order (``None`` tile
+    when it does not fit the build)."""
+    from parconv.gemmini.tiling import LOOPS, REDUCTION, tile_fits
+
+    cfg = GemminiConfig(dim=int(rng.choice([4, 8, 16])), sp_bank_rows=int(rng.choice([64, 256])),
+                        acc_rows=int(rng.choice([64, 256])), dram_latency=int(rng.integers(1, 200)))
+    r = int(rng.integers(1, 4))
+    spec = ConvSpec(int(rng.integers(1, max_batch)), int(rng.integers(1, max_ch)), int(rng.integers(1, max_ch)),
+                    (int(rng.integers(r + 2, max_size)), int(rng.integers(r + 2, max_size))), (r, r),
+                    int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, max_dil + 1)),
+                    PRESETS["int8"])
+    dims = (spec.B, spec.H, spec.W, spec.K, spec.R, spec.S, spec.C)
+    tile = tuple(int(rng.integers(1, d + 1)) for d in dims)
+    outer = list(rng.permutation([a for a in LOOPS if a not in REDUCTION]))
+    inner = list(rng.permutation(list(REDUCTION)))
+    return cfg, spec, (tile if tile_fits(spec, tile, cfg) else None), tuple(outer + inner)
+
+
 def test_random_plans_model_equals_execution():
     """Random layers, builds (DIM 4/8/16), tiles, orders and policies: the simulator is
     bit-exact and its counted bytes and cycles equal the analytic model's."""
-    from parconv.gemmini.tiling import LOOPS, REDUCTION, tile_fits
-
     rng = np.random.default_rng(11)
     done = 0
     while done < 12:
-        cfg = GemminiConfig(dim=int(rng.choice([4, 8, 16])), sp_bank_rows=int(rng.choice([64, 256])),
-                            acc_rows=int(rng.choice([64, 256])), dram_latency=int(rng.integers(1, 200)))
-        r = int(rng.integers(1, 4))
-        spec = ConvSpec(int(rng.integers(1, 3)), int(rng.integers(1, 24)), int(rng.integers(1, 24)),
-                        (int(rng.integers(r + 2, 12)), int(rng.integers(r + 2, 12))), (r, r),
-                        int(rng.integers(1, 3)), int(rng.integers(0, 2)), 1, PRESETS["int8"])
-        dims = (spec.B, spec.H, spec.W, spec.K, spec.R, spec.S, spec.C)
-        tile = tuple(int(rng.integers(1, d + 1)) for d in dims)
-        if not tile_fits(spec, tile, cfg):
+        cfg, spec, tile, order = _random_plan_case(rng, 3, 24, 12, 1)
+        if tile is None:
             continue
-        outer = list(rng.permutation([a for a in LOOPS if a not in REDUCTION]))
-        inner = list(rng.permutation(list(REDUCTION)))
-        plan = Plan(tile, tuple(outer + inner), str(rng.choice(["library", "parconv"])))
+        plan = Plan(tile, order, str(rng.choice(["library", "parconv"])))
         x, w = random_operands(spec, seed=done)
         res = simulate(spec, x, w, plan, cfg, raw=True)
         np.testing.assert_array_equal(res.output, conv2d_reference(x, w, spec.stride, spec.padding,
@@ -209,31 +217,21 @@ def test_bounds_hold_for_random_plans():
     """tile_lower_bound (per tile vector, any order/policy) and cycle_floor (any tiling)
     never exceed the modelled cycles of a plan, over random layers, builds, tiles, orders,
     policies, bias and raw outputs."""
-    from parconv.gemmini.tiling import LOOPS, REDUCTION, cycle_floor, tile_fits, tile_lower_bound
+    from parconv.gemmini.tiling import cycle_floor, tile_lower_bound
 
     rng = np.random.default_rng(23)
     done = tight = 0
     while done < 150:
-        cfg = GemminiConfig(dim=int(rng.choice([4, 8, 16])), sp_bank_rows=int(rng.choice([64, 256])),
-                            acc_rows=int(rng.choice([64, 256])), dram_latency=int(rng.integers(1, 200)))
-        r = int(rng.integers(1, 4))
-        spec = ConvSpec(int(rng.integers(1, 4)), int(rng.integers(1, 40)), int(rng.integers(1, 40)),
-                        (int(rng.integers(r + 2, 20)), int(rng.integers(r + 2, 20))), (r, r),
-                        int(rng.integers(1, 3)), int(rng.integers(0, 2)), int(rng.integers(1, 3)),
-                        PRESETS["int8"])
-        dims = (spec.B, spec.H, spec.W, spec.K, spec.R, spec.S, spec.C)
-        tile = tuple(int(rng.integers(1, d + 1)) for d in dims)
-        if not tile_fits(spec, tile, cfg):
+        cfg, spec, tile, order = _random_plan_case(rng, 4, 40, 20, 2)
+        if tile is None:
             continue
-        outer = list(rng.permutation([a for a in LOOPS if a not in REDUCTION]))
-        inner = list(rng.permutation(list(REDUCTION)))
         policy = str(rng.choice(["library", "parconv"]))
         bias, raw = bool(rng.integers(0, 2)), bool(rng.integers(0, 2))
-        cost = evaluate(spec, Plan(tile, tuple(outer + inner), policy), cfg, bias=bias, raw=raw)
+        cost = evaluate(spec, Plan(tile, order, policy), cfg, bias=bias, raw=raw)
         lb = int(tile_lower_bound(spec, [tile], cfg, bias, raw)[0])
         floor = cycle_floor(spec, cfg, raw)
-        assert 0 < lb <= cost.cycles, (spec.describe(), tile, outer, policy)
-        assert 0 < floor <= cost.cycles, (spec.describe(), tile, outer, policy)
+        assert 0 < lb <= cost.cycles, (spec.describe(), tile, order, policy)
+        assert 0 < floor <= cost.cycles, (spec.describe(), tile, order, policy)
         tight += lb >= 0.8 * cost.cycles
         done += 1
     assert tight >= done // 2  # the bound is useful for pruning, not just valid
