@@ -46,7 +46,24 @@ def register(sub) -> None:
                    help="local compute on a modelled Gemmini (int8/uint8 presets only): reports "
                         "each node's modelled cycles and DRAM bytes beside its network bytes")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="deadline on every collective: a rank that waits longer (a stopped or "
+                        "hung rank) aborts the job naming the operation and the ranks that did "
+                        "not arrive (default: no deadline, blocking collectives)")
     p.set_defaults(func=run_command)
+
+
+def _seconds(text: str) -> float:
+    """--timeout: a positive, finite number of seconds."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def _choose_grid(spec, text: str, procs: int, memory: int | None):
@@ -90,6 +107,10 @@ def run_command(args: argparse.Namespace) -> int:
         return 2
 
     grid = the_plan.grid
+    if args.timeout is not None:  # every collective below under the deadline
+        from ..runtime.deadline import DeadlineComm
+
+        comm = DeadlineComm(comm, args.timeout)
     with abort_on_exception(comm):
         say(f"{spec.describe()}")
         say(f"{size} ranks, grid {grid} (b x k x c x h x w, {source})")
@@ -102,7 +123,8 @@ def run_command(args: argparse.Namespace) -> int:
         comm.Barrier()
         t0 = time.perf_counter()
         local = gemmini_local_compute if args.offload == "gemmini" else None
-        res = conv2d_distributed(spec, grid, x, w, comm, local_compute=local)
+        res = conv2d_distributed(spec, grid, x, w, comm, local_compute=local,
+                                 timeout=args.timeout)
         wall = time.perf_counter() - t0
         entry = _rank_entry(res, wall)
         entries = comm.gather(entry, root=0)

@@ -162,7 +162,8 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
                        comm=None, memory_bytes: int | None = None,
                        kernel: Callable | None = None,
                        local_compute: Callable | None = None,
-                       abort_on_error: bool = True) -> RunResult:
+                       abort_on_error: bool = True,
+                       timeout: float | None = None) -> RunResult:
     """Distributed convolution of this rank's blocks (collective over ``comm``).
 
     Parameters
@@ -178,6 +179,12 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
         ``rank R failed: ...`` and calls ``MPI_Abort`` (the other ranks would otherwise
         wait in a collective forever). False re-raises instead (only safe when every
         rank fails alike).
+    timeout : optional deadline in seconds on every collective of the call (the
+        agreement on the local blocks and the four exchanges): a rank that waits longer
+        prints ``rank R: timed out after T s in <operation> waiting for ranks [..]``
+        and aborts the job (docs/runtime.md, "Failure behaviour"). None (default):
+        blocking collectives, no deadline. A :class:`~.deadline.DeadlineComm` passed as
+        ``comm`` brings its own timeout.
 
     Returns
     -------
@@ -193,14 +200,27 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
 
         comm = MPI.COMM_WORLD
     validate_run(spec, grid, comm.Get_size(), memory_bytes)
-    rank = comm.Get_rank()
-    agree(comm, check_local_blocks(spec, grid, rank, x_local, w_local))
-    from .comm import GridComm
+    # -- deadline (opt-in): the user's communicator wrapped for the agreement ---------
+    from .deadline import DeadlineComm, check_timeout, collective_timeout
 
-    guard = abort_on_exception(comm) if abort_on_error else nullcontext()
-    with guard:
-        gc = GridComm.create(comm, grid)
-        sched = build_schedule(spec, grid, gc.rank)
-        out, stats = execute(gc, sched, x_local, w_local, kernel, local_compute)
-        gc.free()
+    check_timeout(timeout)
+    own = None
+    if timeout is None:
+        timeout = getattr(comm, "timeout", None) if isinstance(comm, DeadlineComm) else None
+    elif not (isinstance(comm, DeadlineComm) and comm.timeout == timeout):
+        comm = own = DeadlineComm(getattr(comm, "comm", comm), timeout)
+    try:
+        rank = comm.Get_rank()
+        agree(comm, check_local_blocks(spec, grid, rank, x_local, w_local))
+        from .comm import GridComm
+
+        guard = abort_on_exception(comm) if abort_on_error else nullcontext()
+        with guard, collective_timeout(timeout):
+            gc = GridComm.create(comm, grid)
+            sched = build_schedule(spec, grid, gc.rank)
+            out, stats = execute(gc, sched, x_local, w_local, kernel, local_compute)
+            gc.free()
+    finally:
+        if own is not None:
+            own.free()
     return RunResult(out, sched, stats)

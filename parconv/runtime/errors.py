@@ -4,13 +4,16 @@ Every rank evaluates the same checks on the same arguments, so all ranks reach t
 same decision without communicating. Checks on user-supplied local blocks differ per
 rank; they are agreed on with one small collective (:func:`agree`) before any data
 moves. During the run, :func:`abort_on_exception` turns an exception on one rank into
-``MPI_Abort`` of the whole job (never a hang).
+``MPI_Abort`` of the whole job (never a hang); :func:`abort_job` prints one line, aborts
+and ends the process even where ``MPI_Abort`` returns (the PyPI MPICH).
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +27,10 @@ from ..units import format_bytes
 #: Phases at which a fault can be injected (PARCONV_FAULT_PHASE).
 PHASES = ("setup", "input_allgather", "input_halo", "filter_allgather", "compute",
           "output_reduce_scatter")
+
+#: What an injected fault does (PARCONV_FAULT_KIND, default ``raise``): raise an
+#: exception, sleep forever, stop the process (SIGSTOP) or kill it (SIGKILL).
+FAULT_KINDS = ("raise", "hang", "stop", "kill")
 
 
 class RunInputError(ValueError):
@@ -146,10 +153,26 @@ def agree(comm, message: str | None) -> None:
 
 
 def fault_point(phase: str, rank: int, env=None) -> None:
-    """Raise an injected error when PARCONV_FAULT_RANK / PARCONV_FAULT_PHASE match (tests)."""
+    """Inject a fault when PARCONV_FAULT_RANK / PARCONV_FAULT_PHASE match (tests).
+
+    PARCONV_FAULT_KIND chooses it (:data:`FAULT_KINDS`): ``raise`` (default) raises
+    ``RuntimeError``, ``hang`` sleeps forever, ``stop`` sends this process SIGSTOP,
+    ``kill`` SIGKILL.
+    """
     env = os.environ if env is None else env
-    if env.get("PARCONV_FAULT_PHASE") == phase and env.get("PARCONV_FAULT_RANK") == str(rank):
-        raise RuntimeError(f"injected fault in phase {phase}")
+    if env.get("PARCONV_FAULT_PHASE") != phase or env.get("PARCONV_FAULT_RANK") != str(rank):
+        return
+    kind = env.get("PARCONV_FAULT_KIND", "raise") or "raise"
+    if kind not in FAULT_KINDS:
+        raise RuntimeError(f"PARCONV_FAULT_KIND={kind!r}: expected one of {FAULT_KINDS}")
+    if kind in ("stop", "kill"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
+    if kind in ("hang", "stop"):
+        while True:  # 'stop': in case something sends SIGCONT
+            time.sleep(3600)
+    raise RuntimeError(f"injected fault in phase {phase}")
 
 
 def corrupt_requested(rank: int, env=None) -> bool:
@@ -160,14 +183,40 @@ def corrupt_requested(rank: int, env=None) -> bool:
             and env.get("PARCONV_FAULT_RANK") == str(rank))
 
 
+def abort_job(message: str, code: int = 1, comm=None) -> None:
+    """Print ``message`` (one line, stderr), abort the whole MPI job and end this process.
+
+    ``MPI_Abort`` of ``comm`` (default ``MPI.COMM_WORLD``) asks the launcher to kill
+    every rank, but with some MPI builds (the PyPI MPICH) it returns to the caller; the
+    process then ends with ``os._exit(code)`` so that nothing after the abort runs (no
+    second error, no traceback, no ``finally`` blocks, no MPI_Finalize). Never returns.
+    """
+    try:
+        sys.stdout.flush()
+    except Exception:  # noqa: BLE001 - a broken stdout must not stop the abort
+        pass
+    try:
+        sys.stderr.write(message.rstrip("\n") + "\n")
+        sys.stderr.flush()
+    finally:
+        try:
+            if comm is None:
+                from mpi4py import MPI
+
+                comm = MPI.COMM_WORLD
+            comm.Abort(code)
+        finally:
+            os._exit(code)
+
+
 @contextmanager
 def abort_on_exception(comm) -> Iterator[None]:
-    """Abort the whole job if the body raises on this rank, naming the rank and error."""
+    """Abort the whole job if the body raises on this rank, naming the rank and error
+    (one line ``rank R failed: Type: message``; the process ends, see
+    :func:`abort_job`). A ``SystemExit`` with status 0 passes through."""
     try:
         yield
     except BaseException as exc:  # noqa: BLE001 - any failure must take the job down
         if isinstance(exc, SystemExit) and not exc.code:
             raise
-        sys.stderr.write(f"rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}\n")
-        sys.stderr.flush()
-        comm.Abort(1)
+        abort_job(f"rank {comm.Get_rank()} failed: {type(exc).__name__}: {exc}", 1, comm)

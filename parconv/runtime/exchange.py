@@ -4,6 +4,10 @@ buffers it actually hands to MPI.
 Input and filter blocks travel as raw bytes (``MPI.BYTE``: float16 and bfloat16 have no
 MPI type); partial sums travel in the accumulator type so that MPI can add them. Buffers
 are contiguous numpy arrays packed with slicing / fancy indexing, never element loops.
+
+Under :func:`.deadline.collective_timeout` each collective runs non-blocking under that
+deadline (:func:`.deadline.timed`); otherwise it is the blocking MPI call. The counters
+are the same either way (arrival messages are not payload).
 """
 
 from __future__ import annotations
@@ -12,7 +16,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .deadline import current_timeout, timed
 from .schedule import OpSchedule
+
+
+def _collective(comm, operation: str, blocking, nonblocking) -> None:
+    """``blocking()`` without a deadline, else ``nonblocking()`` (returns the request)
+    under it."""
+    timeout = current_timeout()
+    if timeout is None:
+        blocking()
+    else:
+        timed(comm, operation, nonblocking, timeout)
 
 
 @dataclass
@@ -62,7 +77,9 @@ def allgather(comm, sched: OpSchedule, send: np.ndarray, recv: np.ndarray,
     if sb.nbytes != counts[sched.index] or rb.nbytes != sum(counts):
         raise ValueError(f"internal error: {sched.op} buffers of {sb.nbytes}/{rb.nbytes} bytes "
                          f"do not match the schedule {counts}")
-    comm.Allgatherv([sb, MPI.BYTE], [rb, (counts, _displs(counts)), MPI.BYTE])
+    bufs = ([sb, MPI.BYTE], [rb, (counts, _displs(counts)), MPI.BYTE])
+    _collective(comm, f"{sched.op} (Allgatherv)", lambda: comm.Allgatherv(*bufs),
+                lambda: comm.Iallgatherv(*bufs))
     q = comm.Get_size()
     counters.add(sched.op, rb.nbytes - sb.nbytes, sb.nbytes * (q - 1))
 
@@ -88,8 +105,10 @@ def alltoallv(comm, sched: OpSchedule, segments: dict[int, np.ndarray],
     sendbuf = (np.concatenate([_bytes_view(segments[j]) for j in sorted(segments)])
                if segments else np.empty(0, np.uint8))
     recvbuf = np.empty(sum(recv_counts), np.uint8)
-    comm.Alltoallv([sendbuf, (send_counts, _displs(send_counts)), MPI.BYTE],
-                   [recvbuf, (recv_counts, _displs(recv_counts)), MPI.BYTE])
+    bufs = ([sendbuf, (send_counts, _displs(send_counts)), MPI.BYTE],
+            [recvbuf, (recv_counts, _displs(recv_counts)), MPI.BYTE])
+    _collective(comm, f"{sched.op} (Alltoallv)", lambda: comm.Alltoallv(*bufs),
+                lambda: comm.Ialltoallv(*bufs))
     counters.add(sched.op, recvbuf.nbytes, sendbuf.nbytes)
     out, pos = {}, 0
     for j in range(q):
@@ -117,5 +136,7 @@ def reduce_scatter(comm, sched: OpSchedule, send: np.ndarray, recv: np.ndarray,
         raise ValueError(f"internal error: {sched.op} buffers of {send.size}/{recv.size} "
                          f"elements do not match the schedule {counts}")
     q = comm.Get_size()
-    comm.Reduce_scatter(send, recv, recvcounts=counts, op=MPI.SUM)
+    _collective(comm, f"{sched.op} (Reduce_scatter)",
+                lambda: comm.Reduce_scatter(send, recv, recvcounts=counts, op=MPI.SUM),
+                lambda: comm.Ireduce_scatter(send, recv, recvcounts=counts, op=MPI.SUM))
     counters.add(sched.op, recv.nbytes * (q - 1), send.nbytes - recv.nbytes)
