@@ -66,6 +66,24 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _pid_host() -> tuple[int, str]:
+    import os
+    import socket
+
+    return os.getpid(), socket.gethostname()
+
+
+def _pid_table(pids: list[tuple[int, str]] | None) -> str:
+    """``rank:pid@host`` for every rank, host named once per run of ranks on it."""
+    if pids is None:
+        return ""
+    parts, host = [], None
+    for r, (pid, h) in enumerate(pids):
+        parts.append(f"{r}:{pid}" + (f"@{h}" if h != host else ""))
+        host = h
+    return " ".join(parts)
+
+
 def _choose_grid(spec, text: str, procs: int, memory: int | None):
     from ..partition import Grid
     from ..plan import plan, plan_for_grid
@@ -114,6 +132,8 @@ def run_command(args: argparse.Namespace) -> int:
     with abort_on_exception(comm):
         say(f"{spec.describe()}")
         say(f"{size} ranks, grid {grid} (b x k x c x h x w, {source})")
+        if not args.quiet:  # maps the PID of a launcher's "BAD TERMINATION" to a rank
+            say(f"process ids: {_pid_table(comm.gather(_pid_host(), root=0))}")
         from ..runtime.api import conv2d_distributed, gather_blocks, seeded_operands_local
 
         fault_point("setup", rank)
