@@ -1,6 +1,7 @@
 """Local convolution kernels (numba + BLAS); they know nothing of MPI.
 
 Entry points: :func:`conv2d_window` (the runtime's in-place windowed convolution),
+:func:`dgrad_window` / :func:`wgrad_window` (its input and weight gradients),
 :func:`accumulator_dtype`, :func:`int32_safe_reduction`, :func:`warmup`. The public
 single-process convolution is :func:`parconv.conv2d`. Design and figures:
 ``docs/kernels.md``.
@@ -13,6 +14,7 @@ import time
 import ml_dtypes
 import numpy as np
 
+from .backward import dgrad_window, training_accumulator, wgrad_window
 from .int_kernels import exact_chunk_rows, int32_safe_reduction, product_range
 from .threads import ENV_VAR as THREADS_ENV_VAR
 from .threads import resolve_threads
@@ -43,6 +45,7 @@ def warmup(signatures=None) -> float:
     return time.perf_counter() - t0
 
 
-__all__ = ["SIGNATURES", "THREADS_ENV_VAR", "accumulator_dtype", "conv2d_window",
+__all__ = ["SIGNATURES", "THREADS_ENV_VAR", "accumulator_dtype", "conv2d_window", "dgrad_window",
+           "training_accumulator", "wgrad_window",
            "exact_chunk_rows", "int32_safe_reduction", "plan_blocks", "plan_chunks",
            "product_range", "resolve_threads", "warmup"]
