@@ -31,7 +31,9 @@ def warmup(signatures=None) -> float:
     """Compile (or load from the numba cache) every kernel specialisation; return seconds.
 
     Runs tiny convolutions for each dtype pair of :data:`SIGNATURES` through both the
-    direct-write and the scatter path, with and without ``accumulate``.
+    direct-write and the scatter path, with and without ``accumulate``, and for the float
+    pairs the backward kernels (:func:`dgrad_window` with stride 2, i.e. its col2im path,
+    and :func:`wgrad_window`).
     """
     t0 = time.perf_counter()
     for xd, wd in signatures or SIGNATURES:
@@ -42,6 +44,10 @@ def warmup(signatures=None) -> float:
             for acc in (False, True):
                 conv2d_window(x, w, out, 1, 1, (0, 0), acc, block_cols=block_cols,
                               chunk_rows=chunk_rows)
+        if out.dtype.kind == "f":
+            gx = np.zeros(x.shape, dtype=out.dtype)
+            dgrad_window(x[:, :, :2, :2], w, gx, 2, 1, (0, 0))
+            wgrad_window(x, x[:, :, :2, :2], np.zeros(w.shape, dtype=out.dtype), 1, 1, (0, 0))
     return time.perf_counter() - t0
 
 
