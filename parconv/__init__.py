@@ -7,7 +7,7 @@ bounds), :mod:`parconv.tiling` (sequential tilings), :mod:`parconv.partition` an
 of MPI; :mod:`parconv.gemmini` models the Gemmini accelerator.
 """
 
-from .conv import conv2d
+from .conv import conv2d, conv2d_grad_input, conv2d_grad_weight
 from .dtypes import PRESETS, Precision, parse_precision
 from .layers import layer, suite
 from .partition import Grid
@@ -16,5 +16,6 @@ from .spec import Axis, ConvSpec
 
 __version__ = "0.1.0"
 
-__all__ = ["PRESETS", "Axis", "ConvSpec", "Grid", "Precision", "conv2d", "conv2d_reference", "layer",
+__all__ = ["PRESETS", "Axis", "ConvSpec", "Grid", "Precision", "conv2d", "conv2d_grad_input",
+           "conv2d_grad_weight", "conv2d_reference", "layer",
            "parse_precision", "suite", "__version__"]

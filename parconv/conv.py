@@ -1,4 +1,5 @@
-"""Public single-process convolution :func:`conv2d` (PyTorch ``conv2d`` semantics).
+"""Public single-process convolution :func:`conv2d` (PyTorch ``conv2d`` semantics) and its
+gradients :func:`conv2d_grad_input`, :func:`conv2d_grad_weight`.
 
 Validates its arguments, checks the int32 accumulator bound of integer convolutions and
 runs :func:`parconv.kernels.conv2d_window` with ``offset = (-pad_h, -pad_w)``.
@@ -10,6 +11,7 @@ import numpy as np
 
 from . import dtypes
 from .kernels import accumulator_dtype, conv2d_window, int32_safe_reduction
+from .kernels.backward import dgrad_window, training_accumulator, wgrad_window
 from .kernels.window import _pair
 
 
@@ -100,3 +102,135 @@ def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=
     out = np.empty((B, K, H, W), dtype=acc)
     conv2d_window(input, weight, out, (sh, sw), (dh, dw), (-ph, -pw), False, threads)
     return out if out_dt == acc else out.astype(out_dt)
+
+
+def _backward_geometry(stride, padding, dilation):
+    sh, sw = _pair("stride", stride)
+    ph, pw = _pair("padding", padding)
+    dh, dw = _pair("dilation", dilation)
+    if min(sh, sw) < 1:
+        raise ValueError(f"stride must be >= 1, got {(sh, sw)}")
+    if min(dh, dw) < 1:
+        raise ValueError(f"dilation must be >= 1, got {(dh, dw)}")
+    if min(ph, pw) < 0:
+        raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
+    return (sh, sw), (ph, pw), (dh, dw)
+
+
+def _check_grad_out(grad_output: np.ndarray, B: int, K: int, Hin: int, Win: int, R: int,
+                    S: int, stride, padding, dilation) -> None:
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    H = (Hin + 2 * ph - dh * (R - 1) - 1) // sh + 1
+    W = (Win + 2 * pw - dw * (S - 1) - 1) // sw + 1
+    if H < 1 or W < 1:
+        raise ValueError(f"empty output {H}x{W}: input {Hin}x{Win} with padding {(ph, pw)} is "
+                         f"smaller than the dilated kernel {dh * (R - 1) + 1}x{dw * (S - 1) + 1}")
+    if grad_output.shape != (B, K, H, W):
+        raise ValueError(f"grad_output has shape {grad_output.shape}; the forward output of "
+                         f"this layer is {(B, K, H, W)}")
+
+
+def _check_4d(**arrays) -> None:
+    for name, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):
+            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
+        if arr.ndim != 4:
+            raise ValueError(f"{name} must be 4-D, got shape {arr.shape}")
+
+
+def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
+                      stride=1, padding=0, dilation=1, *,
+                      threads: int | None = None) -> np.ndarray:
+    """Gradient of :func:`conv2d` with respect to its input (``torch.nn.grad.conv2d_input``).
+
+    Parameters
+    ----------
+    grad_output : ndarray (B, K, H, W)
+        float16, bfloat16, float32 or float64.
+    weight : ndarray (K, C, R, S)
+        Float filter of the forward call.
+    input_shape : sequence of 4 ints
+        ``(B, C, Hin, Win)`` of the forward input.
+    stride, padding, dilation : int or pair of ints
+        As for :func:`conv2d`.
+    threads : int, optional
+        Worker threads (default ``$PARCONV_THREADS`` or 1).
+
+    Returns
+    -------
+    ndarray (B, C, Hin, Win)
+        In the accumulator dtype: float64 if either operand is float64, else float32
+        (16-bit operands accumulate and return float32; cast to the activation dtype if
+        wanted).
+
+    Raises
+    ------
+    ValueError
+        Integer operands (training is float only), shape mismatches (``grad_output`` not
+        the forward output shape), bad stride/padding/dilation.
+    """
+    _check_4d(grad_output=grad_output, weight=weight)
+    try:
+        B, C, Hin, Win = (int(v) for v in input_shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"input_shape must be 4 ints (B, C, H, W), got {input_shape!r}") \
+            from None
+    K, Cw, R, S = weight.shape
+    if Cw != C:
+        raise ValueError(f"input_shape has {C} channels but weight expects {Cw}")
+    acc = training_accumulator(grad_output.dtype, weight.dtype, "conv2d_grad_input")
+    if min(B, C, K, R, S, Hin, Win) < 1:
+        raise ValueError(f"empty operand: input_shape {(B, C, Hin, Win)}, weight {weight.shape}")
+    st, pad, dil = _backward_geometry(stride, padding, dilation)
+    _check_grad_out(grad_output, B, K, Hin, Win, R, S, st, pad, dil)
+    out = np.empty((B, C, Hin, Win), dtype=acc)
+    dgrad_window(grad_output, weight, out, st, dil, (-pad[0], -pad[1]), False, threads)
+    return out
+
+
+def conv2d_grad_weight(input: np.ndarray, grad_output: np.ndarray, kernel_size,
+                       stride=1, padding=0, dilation=1, *,
+                       threads: int | None = None) -> np.ndarray:
+    """Gradient of :func:`conv2d` with respect to its weight (``torch.nn.grad.conv2d_weight``).
+
+    Parameters
+    ----------
+    input : ndarray (B, C, Hin, Win)
+        float16, bfloat16, float32 or float64 forward input.
+    grad_output : ndarray (B, K, H, W)
+        Float gradient of the forward output.
+    kernel_size : int, pair ``(R, S)`` or the full weight shape ``(K, C, R, S)``
+    stride, padding, dilation : int or pair of ints
+        As for :func:`conv2d`.
+    threads : int, optional
+        Worker threads (default ``$PARCONV_THREADS`` or 1).
+
+    Returns
+    -------
+    ndarray (K, C, R, S)
+        float64 if either operand is float64, else float32.
+
+    Raises
+    ------
+    ValueError
+        Integer operands (training is float only), shape mismatches, bad parameters.
+    """
+    _check_4d(input=input, grad_output=grad_output)
+    B, C, Hin, Win = input.shape
+    K = grad_output.shape[1]
+    ks = (kernel_size, kernel_size) if np.ndim(kernel_size) == 0 else tuple(kernel_size)
+    if len(ks) == 4:
+        if (int(ks[0]), int(ks[1])) != (K, C):
+            raise ValueError(f"weight size {tuple(ks)} does not match {K} output and {C} "
+                             "input channels")
+        ks = ks[2:]
+    R, S = _pair("kernel_size", ks)
+    acc = training_accumulator(input.dtype, grad_output.dtype, "conv2d_grad_weight")
+    if min(B, C, K, R, S, Hin, Win) < 1:
+        raise ValueError(f"empty operand: input {input.shape}, grad_output "
+                         f"{grad_output.shape}, kernel {(R, S)}")
+    st, pad, dil = _backward_geometry(stride, padding, dilation)
+    _check_grad_out(grad_output, B, K, Hin, Win, R, S, st, pad, dil)
+    out = np.empty((K, C, R, S), dtype=acc)
+    wgrad_window(input, grad_output, out, st, dil, (-pad[0], -pad[1]), False, threads)
+    return out

@@ -116,3 +116,64 @@ def reference_for_spec(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarr
     out = conv2d_reference(x, w, spec.stride, spec.padding, spec.dilation, spec.precision.accum)
     return out.astype(dtypes.numpy_dtype(spec.precision.output)) if not spec.precision.is_integer \
         else checked_cast(out.astype(np.int64), spec.precision.output)
+
+
+def _pairs(stride, padding, dilation):
+    out = []
+    for v in (stride, padding, dilation):
+        a, b = (v, v) if np.ndim(v) == 0 else tuple(v)
+        out.append((int(a), int(b)))
+    return out
+
+
+def _refuse_integer(*arrays: np.ndarray) -> None:
+    for a in arrays:
+        if a.dtype.kind in "iub":
+            raise ValueError(f"training (backward) is float only, got integer {a.dtype}")
+
+
+def conv2d_grad_input_reference(grad_out: np.ndarray, w: np.ndarray, input_shape,
+                                stride=1, padding=0, dilation=1) -> np.ndarray:
+    """Reference input gradient (float64): ``dIn[b,c,x,y] = sum_{k,r,s,h,w} dOut[b,k,h,w]
+    w[k,c,r,s]`` over ``x = sh*h + dh*r - ph``, ``y = sw*w + dw*s - pw`` (padding
+    positions dropped). Raises ``ValueError`` for integer operands."""
+    _refuse_integer(grad_out, w)
+    (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
+    B, C, Hin, Win = (int(v) for v in input_shape)
+    _, _, H, W = grad_out.shape
+    K, _, R, S = w.shape
+    g = grad_out.astype(np.float64)
+    wa = w.astype(np.float64)
+    Hp = max(Hin + 2 * ph, sh * (H - 1) + dh * (R - 1) + 1)
+    Wp = max(Win + 2 * pw, sw * (W - 1) + dw * (S - 1) + 1)
+    dxp = np.zeros((B, C, Hp, Wp))
+    for r in range(R):
+        for s in range(S):
+            dxp[:, :, r * dh: r * dh + sh * (H - 1) + 1: sh,
+                s * dw: s * dw + sw * (W - 1) + 1: sw] += np.einsum(
+                    "bkhw,kc->bchw", g, wa[:, :, r, s], optimize=True)
+    return dxp[:, :, ph:ph + Hin, pw:pw + Win].copy()
+
+
+def conv2d_grad_weight_reference(x: np.ndarray, grad_out: np.ndarray, kernel_size,
+                                 stride=1, padding=0, dilation=1) -> np.ndarray:
+    """Reference weight gradient (float64): ``dF[k,c,r,s] = sum_{b,h,w} x[b, c, sh*h +
+    dh*r - ph, sw*w + dw*s - pw] dOut[b,k,h,w]`` (zero padding). Raises ``ValueError``
+    for integer operands."""
+    _refuse_integer(x, grad_out)
+    (sh, sw), (ph, pw), (dh, dw) = _pairs(stride, padding, dilation)
+    R, S = (kernel_size, kernel_size) if np.ndim(kernel_size) == 0 else tuple(kernel_size)[-2:]
+    B, C, Hin, Win = x.shape
+    _, K, H, W = grad_out.shape
+    g = grad_out.astype(np.float64)
+    Hp = max(Hin + 2 * ph, sh * (H - 1) + dh * (R - 1) + 1)
+    Wp = max(Win + 2 * pw, sw * (W - 1) + dw * (S - 1) + 1)
+    xp = np.zeros((B, C, Hp, Wp))
+    xp[:, :, ph:ph + Hin, pw:pw + Win] = x.astype(np.float64)
+    dw_ = np.zeros((K, C, R, S))
+    for r in range(R):
+        for s in range(S):
+            patch = xp[:, :, r * dh: r * dh + sh * (H - 1) + 1: sh,
+                       s * dw: s * dw + sw * (W - 1) + 1: sw]
+            dw_[:, :, r, s] = np.einsum("bchw,bkhw->kc", patch, g, optimize=True)
+    return dw_

@@ -1,6 +1,7 @@
 """Local convolution kernels (numba + BLAS); they know nothing of MPI.
 
 Entry points: :func:`conv2d_window` (the runtime's in-place windowed convolution),
+:func:`dgrad_window` / :func:`wgrad_window` (its input and weight gradients),
 :func:`accumulator_dtype`, :func:`int32_safe_reduction`, :func:`warmup`. The public
 single-process convolution is :func:`parconv.conv2d`. Design and figures:
 ``docs/kernels.md``.
@@ -13,6 +14,7 @@ import time
 import ml_dtypes
 import numpy as np
 
+from .backward import dgrad_window, training_accumulator, wgrad_window
 from .int_kernels import exact_chunk_rows, int32_safe_reduction, product_range
 from .threads import ENV_VAR as THREADS_ENV_VAR
 from .threads import resolve_threads
@@ -29,7 +31,9 @@ def warmup(signatures=None) -> float:
     """Compile (or load from the numba cache) every kernel specialisation; return seconds.
 
     Runs tiny convolutions for each dtype pair of :data:`SIGNATURES` through both the
-    direct-write and the scatter path, with and without ``accumulate``.
+    direct-write and the scatter path, with and without ``accumulate``, and for the float
+    pairs the backward kernels (:func:`dgrad_window` with stride 2, i.e. its col2im path,
+    and :func:`wgrad_window`).
     """
     t0 = time.perf_counter()
     for xd, wd in signatures or SIGNATURES:
@@ -40,9 +44,14 @@ def warmup(signatures=None) -> float:
             for acc in (False, True):
                 conv2d_window(x, w, out, 1, 1, (0, 0), acc, block_cols=block_cols,
                               chunk_rows=chunk_rows)
+        if out.dtype.kind == "f":
+            gx = np.zeros(x.shape, dtype=out.dtype)
+            dgrad_window(x[:, :, :2, :2], w, gx, 2, 1, (0, 0))
+            wgrad_window(x, x[:, :, :2, :2], np.zeros(w.shape, dtype=out.dtype), 1, 1, (0, 0))
     return time.perf_counter() - t0
 
 
-__all__ = ["SIGNATURES", "THREADS_ENV_VAR", "accumulator_dtype", "conv2d_window",
+__all__ = ["SIGNATURES", "THREADS_ENV_VAR", "accumulator_dtype", "conv2d_window", "dgrad_window",
+           "training_accumulator", "wgrad_window",
            "exact_chunk_rows", "int32_safe_reduction", "plan_blocks", "plan_chunks",
            "product_range", "resolve_threads", "warmup"]

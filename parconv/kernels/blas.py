@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-_ROW_MAJOR, _NO_TRANS = 101, 111
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 
 
 def _libraries():
@@ -66,20 +66,24 @@ def _blasable(a: np.ndarray) -> bool:
             and a.strides[0] // a.itemsize >= max(1, a.shape[1]))
 
 
-def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, beta: float, use_blas: bool = True) -> None:
-    """``c[...] = a @ b + beta * c`` for float32/float64 2-D arrays with unit inner stride
-    (any leading dimension). Falls back to numpy when BLAS is unavailable or
-    ``use_blas`` is False."""
-    M, K = a.shape
-    N = b.shape[1]
+def gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, beta: float, use_blas: bool = True,
+         trans_a: bool = False, trans_b: bool = False) -> None:
+    """``c[...] = op(a) @ op(b) + beta * c`` for float32/float64 2-D arrays with unit inner
+    stride (any leading dimension); ``op`` transposes the stored matrix when ``trans_a`` /
+    ``trans_b`` is set. Falls back to numpy when BLAS is unavailable or ``use_blas`` is
+    False."""
+    opa = a.T if trans_a else a
+    opb = b.T if trans_b else b
+    M, K = opa.shape
+    N = opb.shape[1]
     fn = (_SGEMM if c.dtype == np.float32 else _DGEMM) if GEMM and use_blas else None
     if (fn is None or not (_blasable(a) and _blasable(b) and _blasable(c))
             or not (a.dtype == b.dtype == c.dtype) or M == 0 or N == 0 or K == 0):
         if beta == 0.0:
-            np.matmul(a, b, out=c)
+            np.matmul(opa, opb, out=c)
         else:
-            c += np.matmul(a, b)
+            c += np.matmul(opa, opb)
         return
-    fn(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, M, N, K, 1.0, a.ctypes.data, a.strides[0] // a.itemsize,
-       b.ctypes.data, b.strides[0] // b.itemsize, beta, c.ctypes.data,
-       c.strides[0] // c.itemsize)
+    fn(_ROW_MAJOR, _TRANS if trans_a else _NO_TRANS, _TRANS if trans_b else _NO_TRANS, M, N, K,
+       1.0, a.ctypes.data, a.strides[0] // a.itemsize, b.ctypes.data, b.strides[0] // b.itemsize,
+       beta, c.ctypes.data, c.strides[0] // c.itemsize)

@@ -62,6 +62,26 @@ def _pack_row_runs(xf, pf, d_row, c, r, u0, nunits, C, H, W, Hx, dh, oh, iw0, wl
 
 
 @njit(**_JIT)
+def tap_columns(q, R, S, W, Wx, sw, dw, ow):
+    """Index math of reduction row ``q = (c*R + r)*S + s`` shared by :func:`pack_panel`
+    and its adjoint :func:`col2im_add`: ``(c, r, iw0, wlo, whi)`` where input column
+    ``sw*w + iw0`` belongs to output column ``w`` and ``wlo <= w < whi`` are the output
+    columns whose input column lies inside ``0 .. Wx-1`` (``wlo <= whi <= W``)."""
+    RS = R * S
+    c = q // RS
+    t = q - c * RS
+    r = t // S
+    s = t - r * S
+    iw0 = dw * s + ow
+    wlo = 0 if iw0 >= 0 else (-iw0 + sw - 1) // sw
+    whi = (Wx - 1 - iw0) // sw + 1
+    whi = min(whi, W)
+    wlo = min(wlo, W)
+    whi = max(whi, wlo)
+    return c, r, iw0, wlo, whi
+
+
+@njit(**_JIT)
 def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
                sh, sw, dh, dw, oh, ow):
     """Fill ``panel[:q1-q0, :nunits*W]`` for reduction rows ``q0..q1`` and output rows
@@ -80,20 +100,9 @@ def pack_panel(x, panel, panel_bits, lut, code, q0, q1, u0, nunits, H, W, R, S,
     pf = panel.ravel()
     pb = panel_bits.ravel()
     ncol = panel.shape[1]
-    RS = R * S
     runs = code == 0 and sh == 1 and sw == 1 and Wx == W
     for q in range(q0, q1):
-        c = q // RS
-        t = q - c * RS
-        r = t // S
-        s = t - r * S
-        iw0 = dw * s + ow
-        # valid output columns w: 0 <= sw*w + iw0 < Wx
-        wlo = 0 if iw0 >= 0 else (-iw0 + sw - 1) // sw
-        whi = (Wx - 1 - iw0) // sw + 1
-        whi = min(whi, W)
-        wlo = min(wlo, W)
-        whi = max(whi, wlo)
+        c, r, iw0, wlo, whi = tap_columns(q, R, S, W, Wx, sw, dw, ow)
         if runs:
             _pack_row_runs(xf, pf, (q - q0) * ncol, c, r, u0, nunits, C, H, W, Hx, dh, oh,
                            iw0, wlo, whi)
@@ -153,3 +162,45 @@ def scatter_float(out, block, u0, nunits, H, W, assign):
             else:
                 for w in range(W):
                     out[b, k, h, w] += block[k, j0 + w]
+
+
+@njit(**_JIT)
+def col2im_add(grad, panel, q0, q1, u0, nunits, H, W, R, S, sh, sw, dh, dw, oh, ow):
+    """Adjoint of :func:`pack_panel` (col2im): ``grad[b, c, sh*h + dh*r + oh,
+    sw*w + dw*s + ow] += panel[q-q0, (u-u0)*W + w]`` for every entry whose position lies
+    inside ``grad``; the others (padding) are dropped.
+
+    Same indexing as :func:`pack_panel` (:func:`tap_columns`); ``grad`` (float32/float64)
+    and ``panel`` (same dtype) must be C-contiguous.
+    """
+    C = grad.shape[1]
+    Hx = grad.shape[2]
+    Wx = grad.shape[3]
+    gf = grad.ravel()
+    pf = panel.ravel()
+    ncol = panel.shape[1]
+    for q in range(q0, q1):
+        c, r, iw0, wlo, whi = tap_columns(q, R, S, W, Wx, sw, dw, ow)
+        n = uint64(whi - wlo)
+        step = uint64(sw)
+        b = u0 // H
+        h = u0 - b * H - 1
+        for u in range(nunits):
+            h += 1
+            if h == H:
+                h = 0
+                b += 1
+            ih = sh * h + dh * r + oh
+            if ih < 0 or ih >= Hx or n == 0:
+                continue
+            d0 = uint64((q - q0) * ncol + u * W + wlo)
+            dst = uint64(((b * C + c) * Hx + ih) * Wx + iw0 + sw * wlo)
+            if sw == 1:
+                for i in range(n):
+                    gf[dst + i] += pf[d0 + i]
+            elif sw == 2:
+                for i in range(n):
+                    gf[dst + uint64(2) * i] += pf[d0 + i]
+            else:
+                for i in range(n):
+                    gf[dst + step * i] += pf[d0 + i]

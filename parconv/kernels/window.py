@@ -109,6 +109,19 @@ def plan_chunks(rows: int, chunk_rows: int) -> list[tuple[int, int]]:
     return [(q, min(q + step, rows)) for q in range(0, rows, step)]
 
 
+def direct_view(x: np.ndarray, R: int, S: int, H: int, W: int, stride, offset,
+                panel_dtype: np.dtype) -> np.ndarray | None:
+    """``x`` as the ``(B, C, H*W)`` im2col matrix when no packing is needed (1x1, stride
+    1, whole input rows, ``x`` already in the panel dtype, images of at least
+    :data:`DIRECT_MIN_COLS` outputs), else None."""
+    (sh, sw), (oh, ow) = stride, offset
+    if (R == 1 and S == 1 and sh == 1 and sw == 1 and ow == 0 and x.shape[3] == W
+            and 0 <= oh and oh + H <= x.shape[2] and x.dtype == panel_dtype
+            and H * W >= DIRECT_MIN_COLS and x.flags.c_contiguous):
+        return x.reshape(x.shape[0], x.shape[1], x.shape[2] * W)[:, :, oh * W:(oh + H) * W]
+    return None
+
+
 def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilation=1,
                   offset=(0, 0), accumulate: bool = False, threads: int | None = None,
                   *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS) -> None:
@@ -190,11 +203,8 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     chunks = plan_chunks(rows, chunk_rows)
     blocks = plan_blocks(B, H, W, block_cols)
     # 1x1, stride 1, whole input rows: the GEMM reads x itself, nothing is packed.
-    x_view = None
-    if (R == 1 and S == 1 and sh == 1 and sw == 1 and ow == 0 and x.shape[3] == W
-            and 0 <= oh and oh + H <= x.shape[2] and code == 0 and x.dtype == panel_dtype
-            and H * W >= DIRECT_MIN_COLS):
-        x_view = x.reshape(B, C, x.shape[2] * W)[:, :, oh * W:(oh + H) * W]
+    x_view = direct_view(x, R, S, H, W, (sh, sw), (oh, ow), panel_dtype)
+    if x_view is not None:
         blocks = [(b * H, H) for b in range(B)]
     max_rows = max(q1 - q0 for q0, q1 in chunks)
     max_cols = max(n for _, n in blocks) * W

@@ -1,0 +1,201 @@
+"""Backward kernel benchmark: parconv dgrad/wgrad vs PyTorch ``convolution_backward``.
+
+Every ResNet-50 layer at batch 8 (default), float32, single thread. Each distinct layer
+shape is timed once (every layer is reported with its shape's figures). Per shape and
+repeat the four calls run interleaved in one process (parconv dgrad, torch dgrad, parconv
+wgrad, torch wgrad; torch = ``torch.ops.aten.convolution_backward`` with only the input
+or only the weight mask set), so load from other processes hits all of them; the best of
+``--repeats`` thread-CPU times is kept (wall-clock ratios are reported too).
+
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 \\
+        .venv/bin/python bench/bench_backward_kernels.py
+
+Writes ``bench/results/backward_kernels.json`` and ``.md``. PyTorch (CPU) is a
+benchmark-only dependency and required here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import numpy as np  # noqa: E402
+
+from parconv import conv2d_grad_input, conv2d_grad_weight  # noqa: E402
+from parconv.layers import suite  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from bench_kernels import _cpu, _time, geomean  # noqa: E402
+
+KINDS = ("dgrad", "wgrad")
+
+
+def bench_shape(torch, spec, repeats: int, check: bool) -> dict:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(spec.input_shape).astype(np.float32)
+    w = (rng.standard_normal(spec.filter_shape) / math.sqrt(spec.C * spec.R * spec.S)) \
+        .astype(np.float32)
+    g = rng.standard_normal(spec.output_shape).astype(np.float32)
+    st, pad = spec.stride, spec.padding
+    tx, tw, tg = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(g)
+
+    def torch_bwd(mask):
+        return torch.ops.aten.convolution_backward(tg, tx, tw, None, list(st), list(pad),
+                                                   [1, 1], False, [0, 0], 1, mask)
+    runs = {
+        "parconv_dgrad": lambda: conv2d_grad_input(g, w, x.shape, st, pad),
+        "torch_dgrad": lambda: torch_bwd([True, False, False])[0],
+        "parconv_wgrad": lambda: conv2d_grad_weight(x, g, w.shape, st, pad),
+        "torch_wgrad": lambda: torch_bwd([False, True, False])[1],
+    }
+    for fn in runs.values():
+        fn()   # warm-up: compilation, allocator, oneDNN primitive cache
+    best = dict.fromkeys(runs, float("inf"))
+    best_cpu = dict.fromkeys(runs, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            wall, cpu = _time(fn)
+            best[name] = min(best[name], wall)
+            best_cpu[name] = min(best_cpu[name], cpu)
+    flops = 2 * spec.macs
+    res = {"shape": f"C{spec.C} K{spec.K} {spec.in_size[0]}x{spec.in_size[1]} "
+                    f"{spec.R}x{spec.S}/{st[0]} p{pad[0]}",
+           "flops": flops, "times_s": best_cpu, "wall_times_s": best,
+           "gflops": {k: flops / v / 1e9 for k, v in best_cpu.items()}}
+    for kind in KINDS:
+        res[f"ratio_{kind}"] = best_cpu[f"torch_{kind}"] / best_cpu[f"parconv_{kind}"]
+        res[f"ratio_{kind}_wall"] = best[f"torch_{kind}"] / best[f"parconv_{kind}"]
+    if check:
+        for kind in KINDS:
+            ours = runs[f"parconv_{kind}"]()
+            ref = runs[f"torch_{kind}"]().numpy()
+            res[f"max_rel_err_{kind}"] = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", default="resnet50")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    ap.add_argument("--only", default="", help="comma-separated layer names (e.g. conv1)")
+    ap.add_argument("--no-check", action="store_true", help="skip the check against torch")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "backward_kernels"))
+    args = ap.parse_args(argv)
+    try:
+        import torch
+    except ImportError:
+        print("bench_backward_kernels needs PyTorch (CPU): pip install torch", file=sys.stderr)
+        return 2
+    torch.set_num_threads(1)
+    layers = suite(args.suite, args.batch)
+    uniq = suite(args.suite, args.batch, unique=True)
+    if args.only:
+        names = {f"{args.suite}/{n}" for n in args.only.split(",")}
+        uniq = [s for s in uniq if s.name in names]
+    if args.limit:
+        uniq = uniq[:args.limit]
+
+    def key(s):
+        return (s.C, s.K, s.in_size, s.kernel, s.stride, s.padding)
+    load_before = os.getloadavg()
+    t0 = time.time()
+    shapes = {}
+    for spec in uniq:
+        shapes[key(spec)] = r = bench_shape(torch, spec, args.repeats, not args.no_check)
+        gf = r["gflops"]
+        print(f"{spec.name:32s} {r['shape']:28s} dgrad {gf['parconv_dgrad']:6.1f} / "
+              f"{gf['torch_dgrad']:6.1f} = {r['ratio_dgrad']:5.2f}   wgrad "
+              f"{gf['parconv_wgrad']:6.1f} / {gf['torch_wgrad']:6.1f} = {r['ratio_wgrad']:5.2f}",
+              flush=True)
+    rows = [dict(layer=s.name, **shapes[key(s)]) for s in layers if key(s) in shapes]
+    summary = {"layers": len(rows), "distinct_shapes": len(shapes)}
+    for kind in KINDS:
+        for suffix in ("", "_wall"):
+            vals = [r[f"ratio_{kind}{suffix}"] for r in rows]
+            summary[f"geomean_ratio_{kind}{suffix}"] = geomean(vals)
+            summary[f"min_ratio_{kind}{suffix}"] = min(vals)
+            summary[f"worst_layer_{kind}{suffix}"] = min(
+                rows, key=lambda r, k=f"ratio_{kind}{suffix}": r[k])["layer"]
+        if not args.no_check:
+            summary[f"max_rel_err_{kind}"] = max(r[f"max_rel_err_{kind}"] for r in rows)
+    summary["total_time_s"] = {k: sum(r["times_s"][k] for r in rows) for k in rows[0]["times_s"]}
+    cmd = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 " \
+          ".venv/bin/python bench/bench_backward_kernels.py " + \
+          " ".join(argv if argv is not None else sys.argv[1:])
+    meta = {"command": cmd.strip(), "cpu": _cpu(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "batch": args.batch, "suite": args.suite,
+            "repeats": args.repeats, "loadavg_before": load_before,
+            "loadavg_after": os.getloadavg(), "wall_s": time.time() - t0,
+            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "summary": summary,
+                                                    "layers": rows}, indent=1))
+    Path(args.out + ".md").write_text(render_md(meta, summary, rows))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def render_md(meta, summary, rows) -> str:
+    s = summary
+    lines = [
+        f"# Backward kernel benchmark: {meta['suite']} at batch {meta['batch']}, float32, "
+        "single thread",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        f"Machine: {meta['cpu']}, {meta['cores']} cores shared with other jobs (load average "
+        f"{meta['loadavg_before'][0]:.2f} before, {meta['loadavg_after'][0]:.2f} after); "
+        f"numpy {meta['numpy']}, torch {meta['torch']}, Python {meta['python']}, "
+        f"{meta['date_utc']} UTC. Best of {meta['repeats']} interleaved repeats per "
+        f"implementation; each of the {s['distinct_shapes']} distinct shapes is timed once "
+        f"and every one of the {s['layers']} layers is listed with its shape's figures. "
+        "Ratio = torch time / parconv time (> 1: parconv faster), from thread CPU time "
+        "(excludes time descheduled by other jobs); wall-clock ratios too. torch = "
+        "`torch.ops.aten.convolution_backward` with only the input (dgrad) or only the "
+        "weight (wgrad) output requested, `torch.set_num_threads(1)`.",
+        "",
+    ]
+    for kind, what in (("dgrad", "input gradient"), ("wgrad", "weight gradient")):
+        err = s.get(f"max_rel_err_{kind}")
+        lines.append(
+            f"- {kind} ({what}): parconv / torch speed geomean "
+            f"**{s[f'geomean_ratio_{kind}']:.3f}**, worst layer **{s[f'min_ratio_{kind}']:.3f}** "
+            f"({s[f'worst_layer_{kind}']}); wall clock geomean "
+            f"{s[f'geomean_ratio_{kind}_wall']:.3f}, worst {s[f'min_ratio_{kind}_wall']:.3f}"
+            + (f"; max |parconv - torch| / max |torch| = {err:.1e}" if err is not None else ""))
+    lines += [
+        "- total time over all layers (s): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in s["total_time_s"].items()),
+        "",
+        "Targets (issue 10): >= 0.9 geomean, >= 0.6 worst layer. Method and causes of "
+        "misses: `docs/kernels.md` (backward section).",
+        "",
+        "| layer | shape | dgrad parconv GF/s | dgrad torch GF/s | ratio | wall ratio | "
+        "wgrad parconv GF/s | wgrad torch GF/s | ratio | wall ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g = r["gflops"]
+        lines.append(
+            f"| {r['layer']} | {r['shape']} | {g['parconv_dgrad']:.1f} | {g['torch_dgrad']:.1f} | "
+            f"{r['ratio_dgrad']:.2f} | {r['ratio_dgrad_wall']:.2f} | {g['parconv_wgrad']:.1f} | "
+            f"{g['torch_wgrad']:.1f} | {r['ratio_wgrad']:.2f} | {r['ratio_wgrad_wall']:.2f} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
