@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .partition import GRID_AXES, OPERATIONS, Grid, check_grid
+from .partition import GRID_AXES, Grid, check_grid
 from .spec import ConvSpec
 
 
@@ -37,10 +37,12 @@ class Simulation:
     Attributes
     ----------
     spec, grid : the layer and the grid.
-    recv, send : ``{op: int64 array over ranks}`` payload bytes received / sent.
+    recv, send : ``{op: int64 array over ranks}`` payload bytes received / sent, for the
+        operations of ``pass_`` in execution order.
     mismatches : schedule inconsistencies found (empty when consistent).
     messages : number of point-to-point payload transfers (pairs with bytes > 0).
     elapsed_s : wall time of the simulation.
+    pass_ : ``forward``, ``dgrad``, ``wgrad`` or ``step``.
     """
 
     spec: ConvSpec
@@ -50,6 +52,7 @@ class Simulation:
     mismatches: list[str] = field(default_factory=list)
     messages: int = 0
     elapsed_s: float = 0.0
+    pass_: str = "forward"
 
     @property
     def procs(self) -> int:
@@ -58,12 +61,12 @@ class Simulation:
     @property
     def recv_bytes(self) -> np.ndarray:
         """Total received bytes per rank."""
-        return sum(self.recv[op] for op in OPERATIONS)
+        return sum(self.recv.values())
 
     @property
     def send_bytes(self) -> np.ndarray:
         """Total sent bytes per rank."""
-        return sum(self.send[op] for op in OPERATIONS)
+        return sum(self.send.values())
 
     @property
     def consistent(self) -> bool:
@@ -71,14 +74,14 @@ class Simulation:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """``{op or "total": {"max", "mean", "min"}}`` of received bytes over ranks."""
-        cols = {**{op: self.recv[op] for op in OPERATIONS}, "total": self.recv_bytes}
+        cols = {**self.recv, "total": self.recv_bytes}
         return {k: {"max": int(v.max()), "mean": float(v.mean()), "min": int(v.min())}
                 for k, v in cols.items()}
 
     def rank(self, r: int) -> dict[str, Any]:
         """One rank: coordinates, totals and the per-operation breakdown."""
         ops = {op: {"recv_bytes": int(self.recv[op][r]), "send_bytes": int(self.send[op][r])}
-               for op in OPERATIONS}
+               for op in self.recv}
         return {"rank": r, "coords": dict(zip(GRID_AXES, self.grid.coords(r))),
                 "recv_bytes": sum(v["recv_bytes"] for v in ops.values()),
                 "send_bytes": sum(v["send_bytes"] for v in ops.values()),
@@ -89,6 +92,7 @@ class Simulation:
         that a simulation can know (``recv_bytes``, ``send_bytes``, ``operations``)."""
         d: dict[str, Any] = {
             "command": "simulate",
+            "pass": self.pass_,
             "layer": self.spec.to_dict(),
             "procs": self.procs,
             "grid": self.grid.as_dict(),
@@ -231,7 +235,8 @@ def _schedules_by_class(spec: ConvSpec, grid: Grid, progress, mismatches: list[s
 
 def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
              progress: Callable[[int, int], None] | None = None,
-             max_mismatches: int = 100, method: str = "auto") -> Simulation:
+             max_mismatches: int = 100, method: str = "auto", pass_: str = "forward",
+             keep_window: bool = True) -> Simulation:
     """Build every rank's schedule and add up its bytes.
 
     Parameters
@@ -244,6 +249,9 @@ def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
         rank per block class and derives the others' communicators (same result, much
         faster at large P; see :func:`_schedules_by_class`); ``"auto"``: classes from
         P = 512 on.
+    pass_, keep_window : the pass whose operations are counted
+        (:func:`parconv.runtime.schedule.pass_operations`); backward operations are the
+        adjoints of forward ones and are checked the same way.
 
     Raises
     ------
@@ -255,6 +263,7 @@ def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
     if method not in ("auto", "full", "classes"):
         raise ValueError(f"method must be auto, full or classes, got {method!r}")
     check_grid(spec, grid)
+    names = sched_mod.pass_operations(pass_, keep_window)
     t0 = time.perf_counter()
     P = grid.size
     mismatches: list[str] = []
@@ -262,29 +271,43 @@ def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
     if method == "classes" or (method == "auto" and P >= 512):
         scheds = _schedules_by_class(spec, grid, progress, mismatches)
         if scheds is None:
-            return Simulation(spec, grid, {op: np.zeros(P, np.int64) for op in OPERATIONS},
-                              {op: np.zeros(P, np.int64) for op in OPERATIONS}, mismatches,
-                              0, time.perf_counter() - t0)
-    recv = {op: np.zeros(P, dtype=np.int64) for op in OPERATIONS}
-    send = {op: np.zeros(P, dtype=np.int64) for op in OPERATIONS}
+            return Simulation(spec, grid, {op: np.zeros(P, np.int64) for op in names},
+                              {op: np.zeros(P, np.int64) for op in names}, mismatches,
+                              0, time.perf_counter() - t0, pass_)
+    recv = {op: np.zeros(P, dtype=np.int64) for op in names}
+    send = {op: np.zeros(P, dtype=np.int64) for op in names}
     built = []
     sums: dict[int, tuple[int, int]] = {}
     for r in range(P):
         s = scheds[r] if scheds is not None else sched_mod.build_schedule(spec, grid, r)
-        for op, o in s.ops.items():
+        ops = sched_mod.derive_pass_ops(s.ops, spec, pass_, keep_window)
+        if pass_ != "forward":
+            s = _with_ops(s, ops)
+        for op, o in ops.items():
             if scheds is None:  # every rank built: the runtime's own byte counts
                 recv[op][r], send[op][r] = o.recv_bytes, o.send_bytes
                 continue
-            if id(o.counts) not in sums:  # shared by a class (kept alive by ``scheds``)
-                sums[id(o.counts)] = (sum(o.counts), sum(o.send_counts))
-            recv[op][r], send[op][r] = _op_bytes(o, *sums[id(o.counts)])
+            key = (id(o.counts), id(o.send_counts))  # shared by a class (kept alive)
+            if key not in sums:
+                sums[key] = (sum(o.counts), sum(o.send_counts))
+            recv[op][r], send[op][r] = _op_bytes(o, *sums[key])
         if check and scheds is None:
             built.append(s)
         if scheds is None and progress is not None and (r + 1) % 256 == 0:
             progress(r + 1, P)
     messages = 0
     if check:
-        for op in OPERATIONS:
-            messages += _check_op(op, scheds if scheds is not None else built, mismatches,
-                                  max_mismatches)
-    return Simulation(spec, grid, recv, send, mismatches, messages, time.perf_counter() - t0)
+        views = built if scheds is None else [
+            _with_ops(s, sched_mod.derive_pass_ops(s.ops, spec, pass_, keep_window))
+            for s in scheds]
+        for op in names:
+            messages += _check_op(op, views, mismatches, max_mismatches)
+    return Simulation(spec, grid, recv, send, mismatches, messages, time.perf_counter() - t0,
+                      pass_)
+
+
+def _with_ops(s, ops):
+    """A schedule-like view of ``s`` carrying one pass's operations."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(rank=s.rank, ops=ops)

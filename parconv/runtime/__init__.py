@@ -17,8 +17,9 @@ from .api import (
     seeded_operands_local,
 )
 from .errors import RunInputError
+from .layer import DistributedConv2d
 from .schedule import Schedule, build_schedule
 
-__all__ = ["RunInputError", "RunResult", "Schedule", "block_ranges", "build_schedule",
+__all__ = ["DistributedConv2d", "RunInputError", "RunResult", "Schedule", "block_ranges", "build_schedule",
            "conv2d_distributed", "gather_blocks", "scatter_operands", "seeded_block",
            "seeded_operands_global", "seeded_operands_local"]

@@ -72,7 +72,8 @@ def default_kernel():
 
 
 def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndarray,
-            kernel: Callable | None = None, local_compute: Callable | None = None) -> tuple[np.ndarray, RankStats]:
+            kernel: Callable | None = None, local_compute: Callable | None = None,
+            keep: dict | None = None) -> tuple[np.ndarray, RankStats]:
     """Run this rank's part of the convolution (collective over ``gc``).
 
     Parameters
@@ -83,6 +84,8 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     kernel : ``conv2d_window``-compatible local kernel (default: the numba kernel).
     local_compute : optional replacement of step 4, ``f(window, filter, sched) ->
         (partial, extra_report)`` (used by the Gemmini offload model).
+    keep : when given, receives the local input window ``"window"`` ``(b, c_blk, rows,
+        cols)`` and the gathered filter ``"filter"`` for the backward passes.
 
     Returns
     -------
@@ -145,6 +148,9 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
             partial = np.zeros((b, k_blk, *out_hw), acc_dt)
             (kernel or default_kernel())(x_win, filt, partial, spec.stride, spec.dilation,
                                          sched.offset)
+        if keep is not None:
+            keep.update(window=x_win, filter=filt)
+        del x_win
 
     # 5. reduce-scatter along the c-fiber, then the cast to the output dtype
     with _phase(stats, rank, "output_reduce_scatter"):

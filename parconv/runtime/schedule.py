@@ -24,6 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..partition import OPERATIONS, Grid, balanced_block, layout
+from ..planner.passes import ADJOINT_OF, RECOMPUTED, forward_source, itemsize, pass_operations
 from ..spec import Axis, ConvSpec
 
 Range = tuple[int, int]
@@ -39,6 +40,9 @@ FIBERS: dict[str, tuple[bool, bool, bool, bool, bool]] = {
 #: Collective kind of each operation.
 KINDS = {"input_allgather": "allgather", "input_halo": "alltoallv",
          "filter_allgather": "allgather", "output_reduce_scatter": "reduce_scatter"}
+
+_ADJOINT_KIND = {"allgather": "reduce_scatter", "reduce_scatter": "allgather",
+                 "alltoallv": "alltoallv"}
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,17 @@ class OpSchedule:
     @property
     def send_bytes(self) -> int:
         return self.itemsize * sum(self.send_elems(j) for j in range(len(self.members)))
+
+    def adjoint(self, op: str, itemsize: int) -> OpSchedule:
+        """The adjoint operation: same communicator and blocks, receive and send
+        exchanged (allgather <-> reduce-scatter; an alltoallv's counts transposed), moving
+        ``itemsize``-byte elements. Its ``recv_elems(j)`` is this one's ``send_elems(j)``
+        and vice versa (tested)."""
+        if self.kind == "alltoallv":
+            return OpSchedule(op, "alltoallv", self.members, self.index, self.send_counts,
+                              itemsize, self.counts)
+        return OpSchedule(op, _ADJOINT_KIND[self.kind], self.members, self.index, self.counts,
+                          itemsize)
 
     def peer_bytes(self) -> dict[int, tuple[int, int]]:
         """``{global peer rank: (recv_bytes, send_bytes)}`` for peers with traffic."""
@@ -151,6 +166,15 @@ class Schedule:
         """``{op: (recv_bytes, send_bytes)}``, the same form as ``partition.rank_volume``."""
         return {op: (s.recv_bytes, s.send_bytes) for op, s in self.ops.items()}
 
+    def pass_ops(self, pass_: str, keep_window: bool = True) -> dict[str, OpSchedule]:
+        """``{op: OpSchedule}`` of one pass in execution order (:func:`pass_operations`)."""
+        return derive_pass_ops(self.ops, self.spec, pass_, keep_window)
+
+    def pass_volume(self, pass_: str, keep_window: bool = True) -> dict[str, tuple[int, int]]:
+        """``{op: (recv_bytes, send_bytes)}`` of one pass."""
+        return {op: (s.recv_bytes, s.send_bytes)
+                for op, s in self.pass_ops(pass_, keep_window).items()}
+
     @property
     def recv_bytes(self) -> int:
         return sum(s.recv_bytes for s in self.ops.values())
@@ -158,6 +182,23 @@ class Schedule:
     @property
     def send_bytes(self) -> int:
         return sum(s.send_bytes for s in self.ops.values())
+
+
+def derive_pass_ops(forward_ops: dict[str, OpSchedule], spec: ConvSpec, pass_: str,
+                    keep_window: bool = True) -> dict[str, OpSchedule]:
+    """One pass's operations derived from the forward ones (the backward schedule is the
+    adjoint of the forward schedule: nothing about blocks or halos is recomputed)."""
+    out = {}
+    for op in pass_operations(pass_, keep_window):
+        src = forward_ops[forward_source(op)]
+        if op in ADJOINT_OF:
+            out[op] = src.adjoint(op, itemsize(spec.precision, op))
+        elif op in RECOMPUTED:
+            out[op] = OpSchedule(op, src.kind, src.members, src.index, src.counts,
+                                 src.itemsize, src.send_counts)
+        else:
+            out[op] = src
+    return out
 
 
 def fiber_members(grid: Grid, coords, keep) -> tuple[int, ...]:
