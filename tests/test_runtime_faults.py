@@ -148,25 +148,36 @@ USER_PROGRAM = textwrap.dedent("""
     x, w = seeded_operands_local(spec, grid, comm.rank, seed=1)
     if sys.argv[1] == "raise" and comm.rank == 1:
         raise ValueError("user code failed before the call")
-    conv2d_distributed(spec, grid, x, w, timeout=3, abort_on_error=False)
+    if sys.argv[1] == "backward":  # the persistent layer: a rank hangs in a backward pass
+        from parconv.runtime import DistributedConv2d
+        import numpy as np
+        layer = DistributedConv2d(spec, grid, timeout=3, abort_on_error=False)
+        y = layer.forward(x, w)
+        layer.backward(np.ones_like(y))
+    else:
+        conv2d_distributed(spec, grid, x, w, timeout=3, abort_on_error=False)
     print("finished", comm.rank)
 """)
 
 
-@pytest.mark.parametrize("mode", ["hang", "raise"])
+@pytest.mark.parametrize("mode", ["hang", "raise", "backward"])
 def test_api_timeout_ends_a_user_program(mode, tmp_path, warm_numba):
     """A user program calling ``conv2d_distributed(timeout=3)`` without any abort guard:
     a rank hung in the filter allgather, or a rank that died of an uncaught exception
     before the call, ends the job instead of hanging it."""
     script = tmp_path / "user.py"
     script.write_text(USER_PROGRAM)
-    env = fault_env(1, "filter_allgather", "hang") if mode == "hang" else mpi_env()
+    env = {"hang": fault_env(1, "filter_allgather", "hang"),
+           "backward": fault_env(1, "grad_input_halo", "hang")}.get(mode) or mpi_env()
     proc, secs = mpiexec(3, [sys.executable, str(script), mode], timeout=60, env=env)
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "finished" not in err
     if mode == "hang":
         assert re.search(r"rank [02]: timed out after 3 s in filter_allgather \(Allgatherv\) "
+                         r"waiting for ranks \[1\]", err), err
+    elif mode == "backward":
+        assert re.search(r"rank [02]: timed out after 3 s in grad_input_halo \(Alltoallv\) "
                          r"waiting for ranks \[1\]", err), err
     else:
         assert "ValueError: user code failed before the call" in err

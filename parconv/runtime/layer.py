@@ -17,8 +17,8 @@ layout of ``w_local`` in the accumulator dtype (float32 for bf16/fp16 training).
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from ..partition import Grid
 from ..planner.passes import pass_operations
 from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
+from .deadline import DeadlineComm, check_timeout, collective_timeout
 from .errors import RunInputError, abort_on_exception, agree, check_local_blocks, validate_run
 from .execute import RankStats, execute
 from .schedule import build_schedule
@@ -59,6 +60,9 @@ class DistributedConv2d:
         and aborts the job (see :func:`parconv.runtime.conv2d_distributed`).
     validate_blocks : check every call's local blocks with one small collective before
         any data moves (shape and dtype errors then raise on every rank).
+    timeout : optional deadline in seconds on every collective (construction and every
+        call): a rank that waits longer names the operation and the ranks that did not
+        arrive, and aborts the job (docs/runtime.md, "Failure behaviour").
 
     Raises
     ------
@@ -68,7 +72,8 @@ class DistributedConv2d:
 
     def __init__(self, spec: ConvSpec, grid: Grid, comm=None, *, memory_bytes: int | None = None,
                  requires_grad: bool = True, abort_on_error: bool = True,
-                 validate_blocks: bool = True, kernel: Callable | None = None) -> None:
+                 validate_blocks: bool = True, kernel: Callable | None = None,
+                 timeout: float | None = None) -> None:
         if comm is None:
             from mpi4py import MPI
 
@@ -76,14 +81,21 @@ class DistributedConv2d:
         validate_run(spec, grid, comm.Get_size(), memory_bytes)
         if requires_grad:
             check_trainable(spec)
+        check_timeout(timeout)
         from .comm import GridComm
+
+        self._own_comm = None
+        if timeout is not None:
+            comm = self._own_comm = DeadlineComm(getattr(comm, "comm", comm), timeout)
+        self.timeout = timeout
 
         self.spec, self.grid, self.comm = spec, grid, comm
         self.requires_grad = requires_grad
         self.abort_on_error = abort_on_error
         self.validate_blocks = validate_blocks
         self.kernel = kernel
-        self.gc = GridComm.create(comm, grid)
+        with collective_timeout(timeout):
+            self.gc = GridComm.create(comm, grid)
         self.schedule = build_schedule(spec, grid, self.gc.rank)
         self.ops = self.schedule.pass_ops("step")
         self.builds = 1  #: schedules built so far (a call builds none)
@@ -95,8 +107,11 @@ class DistributedConv2d:
     def rank(self) -> int:
         return self.gc.rank
 
-    def _guard(self):
-        return abort_on_exception(self.comm) if self.abort_on_error else nullcontext()
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        guard = abort_on_exception(self.comm) if self.abort_on_error else nullcontext()
+        with guard, collective_timeout(self.timeout):
+            yield
 
     def _check(self, **blocks: np.ndarray) -> None:
         if not self.validate_blocks:
@@ -180,6 +195,9 @@ class DistributedConv2d:
         """Release the communicators and kept buffers."""
         self._saved = None
         self.gc.free()
+        if self._own_comm is not None:
+            self._own_comm.free()
+            self._own_comm = None
 
     def __enter__(self) -> DistributedConv2d:
         return self
