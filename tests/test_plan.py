@@ -273,8 +273,12 @@ def test_cli_plan_json_and_table(tmp_path, capsys):
                                     "channel_filter", "im2col_matmul"}
     assert d["layer"]["name"] == "resnet50/layer3.1.conv2" and d["lower_bound_bytes"] > 0
     assert d["max_rank_recv_bytes"] <= min(v for v in d["strategies"].values() if v is not None)
+    assert d["ratio_to_bound"] == d["max_rank_traffic_bytes"] / d["lower_bound_bytes"]
+    assert set(d["strategies_traffic"]) == set(d["strategies"])
+    assert all(t >= r for t, r in zip(d["strategies_traffic"].values(), d["strategies"].values()))
     assert main(["plan", "--batch", "8", "--procs", "4", "--grid", "1x2x2x1x1"]) == 0
     text = capsys.readouterr().out
     assert "1x2x2x1x1" in text and "channel_filter" in text and "rank" in text
+    assert "recv + send = " in text and "x the bound" in text and "grid-family figure" in text
     assert main(["plan", "--procs", "4", "--grid", "2x1x1x1x1"]) == 2
     assert "has 2 ranks" in capsys.readouterr().err

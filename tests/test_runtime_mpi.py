@@ -146,7 +146,13 @@ def test_cli_run_verify_json_save(tmp_path, warm_numba):
     assert {"grid", "lower_bound_bytes", "ranks"} <= set(d)
     assert len(d["ranks"]) == 3 and d["measured_equals_planned"] and d["verify"]["ok"]
     max_recv = max(e["recv_bytes"] for e in d["ranks"])
-    assert d["lower_bound_bytes"] is None or max_recv >= d["lower_bound_bytes"]  # bound holds
+    traffic = max(e["recv_bytes"] + e["send_bytes"] for e in d["ranks"])
+    assert d["measured_max_rank_traffic_bytes"] == d["planned_max_rank_traffic_bytes"] == traffic
+    if d["lower_bound_bytes"] is not None:  # the bound holds for the quantity it bounds
+        assert traffic >= d["lower_bound_bytes"]
+        assert d["ratio_to_bound"] == traffic / d["lower_bound_bytes"]
+        assert d["recv_ratio_grid_family"] == max_recv / d["lower_bound_bytes"]
+        assert "max recv + send per rank" in proc.stdout and "x the bound" in proc.stdout
     for e in d["ranks"]:
         assert e["recv_bytes"] == e["planned_recv_bytes"] == e["planner_recv_bytes"]
         assert e["send_bytes"] == e["planned_send_bytes"]
