@@ -11,6 +11,7 @@ from .api import (
     block_ranges,
     conv2d_distributed,
     gather_blocks,
+    local_block,
     scatter_operands,
     seeded_block,
     seeded_operands_global,
@@ -20,5 +21,5 @@ from .errors import RunInputError
 from .schedule import Schedule, build_schedule
 
 __all__ = ["RunInputError", "RunResult", "Schedule", "block_ranges", "build_schedule",
-           "conv2d_distributed", "gather_blocks", "scatter_operands", "seeded_block",
+           "conv2d_distributed", "gather_blocks", "local_block", "scatter_operands", "seeded_block",
            "seeded_operands_global", "seeded_operands_local"]
