@@ -7,11 +7,14 @@ Parts (``--only a,b``; default all):
   32, fp32): parconv's planned grid *simulated* (``parconv.simulate``: the runtime's
   schedule for every virtual rank, consistency-checked), *measured* by real ``mpiexec``
   runs of ``parconv run`` at small P, each fixed strategy and the memory-independent lower
-  bound; log-log, one figure per layer; also the time of the P = 4,096 simulations.
+  bound, which bounds the busiest rank's received + sent bytes (also plotted; the
+  received-only figure is a grid-family figure); log-log, one figure per layer; also the
+  time of the P = 4,096 simulations.
 * ``suite``    the same summed over every ResNet-50 convolution (planner figures, which
   equal the simulator's by test), one figure.
-* ``plan``     the planner's ratios to the bound and to the best fixed strategy vs P, per
-  precision (from ``plan.json``, written by ``bench/bench_plan.py``).
+* ``plan``     the planner's ratios to the bound (recv + send, and the received-only
+  grid-family figure) and to the best fixed strategy vs P, per precision (from
+  ``plan.json``, written by ``bench/bench_plan.py``).
 * ``walltime`` wall time of the distributed convolution at P = 1, 2, 4 (``mpiexec``; best
   of repeats after a warm-up; split into communication and compute) against a
   single-process PyTorch ``conv2d`` of the same layer (1 thread and all cores).
@@ -167,6 +170,8 @@ def part_scaling(args) -> dict[str, Any]:
                 "simulated_mean_recv_bytes": float(sim.recv_bytes.mean()),
                 "simulated_min_recv_bytes": int(sim.recv_bytes.min()),
                 "planned_max_recv_bytes": pl.max_rank_recv_bytes,
+                "simulated_max_traffic_bytes": int((sim.recv_bytes + sim.send_bytes).max()),
+                "planned_max_traffic_bytes": pl.max_rank_traffic_bytes,
                 "consistent": sim.consistent, "simulate_seconds": sim.elapsed_s,
                 "lower_bound_bytes": pl.lower_bound_bytes,
                 "strategies": {k: (None if v is None else v.max_rank_recv_bytes) for k, v in strat.items()},
@@ -195,14 +200,17 @@ def part_scaling(args) -> dict[str, Any]:
                 _strategy_line(ax, pts, sname)
         lb = [(r["procs"], r["lower_bound_bytes"]) for r in lay["rows"] if r["lower_bound_bytes"]]
         if lb:
-            ax.plot(*zip(*lb), ":", color="black", lw=1.5, label="lower bound")
+            ax.plot(*zip(*lb), ":", color="black", lw=1.5, label="lower bound (on recv + send)")
+        if "simulated_max_traffic_bytes" in lay["rows"][0]:
+            ax.plot(P, [r["simulated_max_traffic_bytes"] for r in lay["rows"]], "-", color="tab:cyan",
+                    lw=1.5, label="parconv recv + send (simulated)")
         ax.plot(P, [r["simulated_max_recv_bytes"] for r in lay["rows"]], "-o", color="tab:blue",
-                ms=3.5, lw=2, label="parconv (simulated)")
+                ms=3.5, lw=2, label="parconv received (simulated)")
         if lay["measured"]:
             ax.plot([m["procs"] for m in lay["measured"]], [max(m["recv_bytes"]) for m in lay["measured"]],
                     "s", mfc="none", mec="red", ms=9, mew=1.5, label="parconv (measured, mpiexec)")
         _log_axes(ax, P)
-        ax.set_ylabel("bytes received by the busiest rank")
+        ax.set_ylabel("busiest rank's bytes (strategies: received)")
         ax.set_title(f"{lay['layer']} (batch {BATCH}, fp32)", fontsize=10)
         ax.legend(fontsize=7)
         fig.tight_layout()
@@ -214,9 +222,14 @@ def part_scaling(args) -> dict[str, Any]:
     t4096 = {lay["layer"]: r["simulate_seconds"] for lay in layers for r in lay["rows"] if r["procs"] == 4096}
     lines = ["Busiest rank's received bytes vs P, ResNet-50 layers, batch 32, fp32. parconv's "
              "grid (planner) simulated for every virtual rank with the runtime's schedule "
-             "(`parconv simulate`); squares: real `mpiexec` runs of `parconv run`.", "",
-             "| layer | P | grid | parconv max B | lower bound B | parconv / bound | best fixed B (strategy) | best fixed / parconv |",
-             "|---|---|---|---|---|---|---|---|"]
+             "(`parconv simulate`); squares: real `mpiexec` runs of `parconv run`. The bound "
+             "bounds the busiest rank's received + sent bytes (recv+send / bound, never below 1); "
+             "recv / bound is a grid-family figure, not a bound ratio (relaying schedules receive "
+             "less). Best fixed / parconv compares received bytes with received bytes.", "",
+             "| layer | P | grid | parconv max recv B | max recv+send B | lower bound B "
+             "| recv+send / bound | recv / bound (grid family) | best fixed recv B (strategy) "
+             "| best fixed / parconv |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for lay in layers:
         for r in lay["rows"]:
             if r["procs"] not in (8, 64, 512, 4096):
@@ -224,13 +237,16 @@ def part_scaling(args) -> dict[str, Any]:
             feas = {k: v for k, v in r["strategies"].items() if v}
             bname = min(feas, key=feas.get) if feas else None
             lbv, mx = r["lower_bound_bytes"], r["simulated_max_recv_bytes"]
-            bound = f"{lbv:.0f} | {mx / lbv:.3f}" if lbv else "vacuous | –"
+            tr = r["simulated_max_traffic_bytes"]
+            bound = f"{lbv:.0f} | {tr / lbv:.3f} | {mx / lbv:.3f}" if lbv else "vacuous | – | –"
             best = f"{feas[bname]} ({bname}) | {feas[bname] / mx:.2f}" if bname else "– | –"
-            lines.append(f"| {lay['layer']} | {r['procs']} | {r['grid']} | {mx} | {bound} | {best} |")
+            lines.append(f"| {lay['layer']} | {r['procs']} | {r['grid']} | {mx} | {tr} | {bound} | {best} |")
     checks = [r["consistent"] and r["simulated_max_recv_bytes"] == r["planned_max_recv_bytes"]
+              and r["simulated_max_traffic_bytes"] == r["planned_max_traffic_bytes"]
               for lay in layers for r in lay["rows"]]
     meas = [m["equals_simulated"] for lay in layers for m in lay["measured"]]
-    lines += ["", f"- Schedules consistent and simulated max = planned max: {sum(checks)}/{len(checks)} (layer, P) points.",
+    lines += ["", f"- Schedules consistent and simulated max = planned max (received, and "
+              f"received + sent): {sum(checks)}/{len(checks)} (layer, P) points.",
               f"- Measured (mpiexec) per-rank bytes equal simulated, rank by rank: {sum(meas)}/{len(meas)} runs "
               f"(P = {', '.join(map(str, measured_procs)) or 'none'}).",
               "- Simulation time at P = 4,096 (all ranks' schedules + consistency check): " +
@@ -251,13 +267,17 @@ def part_suite(args) -> dict[str, Any]:
     rows = []
     for P in procs:
         t0 = time.perf_counter()
-        tot = {"parconv": 0, "lower_bound": 0.0, **dict.fromkeys(FAMILIES, 0)}
+        tot = {"parconv": 0, "parconv_traffic": 0, "lower_bound": 0.0,
+               "parconv_traffic_bounded": 0, "parconv_bounded": 0, **dict.fromkeys(FAMILIES, 0)}
         vacuous = 0
         for spec in specs:
             pl = plan(spec, P)
             tot["parconv"] += pl.max_rank_recv_bytes
+            tot["parconv_traffic"] += pl.max_rank_traffic_bytes
             if pl.lower_bound_bytes:
                 tot["lower_bound"] += pl.lower_bound_bytes
+                tot["parconv_traffic_bounded"] += pl.max_rank_traffic_bytes
+                tot["parconv_bounded"] += pl.max_rank_recv_bytes
             else:
                 vacuous += 1
             for k, v in all_strategies(spec, P).items():
@@ -273,9 +293,11 @@ def part_suite(args) -> dict[str, Any]:
         if pts:
             _strategy_line(ax, pts, sname)
     ax.plot([r["procs"] for r in rows], [r["totals"]["lower_bound"] for r in rows], ":", color="black",
-            lw=1.5, label="lower bound (sum; vacuous layers count 0)")
+            lw=1.5, label="lower bound on recv + send (sum; vacuous layers count 0)")
+    ax.plot([r["procs"] for r in rows], [r["totals"]["parconv_traffic"] for r in rows], "-",
+            color="tab:cyan", lw=1.5, label="parconv recv + send")
     ax.plot([r["procs"] for r in rows], [r["totals"]["parconv"] for r in rows], "-o", color="tab:blue",
-            ms=3.5, lw=2, label="parconv")
+            ms=3.5, lw=2, label="parconv received")
     _log_axes(ax, procs)
     ax.set_ylabel("Σ over layers of the busiest rank's bytes")
     ax.set_title(f"ResNet-50, all {len(specs)} convolutions (batch {BATCH}, fp32)", fontsize=10)
@@ -286,15 +308,21 @@ def part_suite(args) -> dict[str, Any]:
     lines = [f"Sum over all {len(specs)} ResNet-50 convolutions (batch 32, fp32) of the busiest rank's "
              "received bytes (each layer on its own best grid; strategies missing where infeasible "
              "for some layer, e.g. batch-only at P > 32). Planner figures: exact per rank, equal to "
-             "the simulator's (tests/test_simulate.py).", "",
-             "| P | parconv B | lower bound B | parconv / bound | best fixed B (strategy) | best fixed / parconv |",
-             "|---|---|---|---|---|---|"]
+             "the simulator's (tests/test_simulate.py). The ratios to the bound sum over the "
+             "layers whose bound is not vacuous: recv+send / bound compares the quantity the bound "
+             "bounds; recv / bound is a grid-family figure, not a bound ratio.", "",
+             "| P | parconv recv B | parconv recv+send B | lower bound B | recv+send / bound "
+             "| recv / bound (grid family) | best fixed recv B (strategy) | best fixed / parconv |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         t = r["totals"]
         feas = {k: t[k] for k in FAMILIES if t[k]}
         b = min(feas, key=feas.get) if feas else None
-        lines.append(f"| {r['procs']} | {t['parconv']} | {t['lower_bound']:.0f} | "
-                     f"{t['parconv'] / t['lower_bound']:.3f} | "
+        lbs = t["lower_bound"]
+        ratios = (f"{t['parconv_traffic_bounded'] / lbs:.3f} | {t['parconv_bounded'] / lbs:.3f}"
+                  if lbs else "– | –")
+        lines.append(f"| {r['procs']} | {t['parconv']} | {t['parconv_traffic']} | {lbs:.0f} | "
+                     f"{ratios} | "
                      + (f"{feas[b]} ({b}) | {feas[b] / t['parconv']:.2f} |" if b else "– | – |"))
     return {"data": {"suite": "resnet50", "batch": BATCH, "dtype": "fp32", "rows": rows},
             "figures": ["report_suite.png"], "summary_md": "\n".join(lines),
@@ -464,6 +492,7 @@ def part_tiling(args) -> dict[str, Any]:
         key = f"{prec} M={mem}" if prec else f"M={mem}"
         groups.setdefault(key, []).append({"layer": name, "traffic": float(row["traffic_bytes"]),
                                            "bound": float(row["lower_bound_bytes"]),
+                                           "chain": float(row.get("single_chain_bound_bytes") or 0),
                                            "im2col": float(row["im2col_traffic_bytes"])})
     if not groups:
         raise Missing("tiling.json has no rows with traffic_bytes, lower_bound_bytes and "
@@ -472,9 +501,13 @@ def part_tiling(args) -> dict[str, Any]:
     keys = sorted(groups)[:4]
     fig, axes = plt.subplots(len(keys), 1, figsize=(10, 3.2 * len(keys)), squeeze=False)
     lines = ["Sequential traffic of parconv's tiling and of Im2Col, divided by the sequential "
-             "lower bound (1 = optimal), per layer (from `tiling.json`).", "",
-             "| group | layers | geomean tiling / bound | max tiling / bound | geomean Im2Col / tiling |",
-             "|---|---|---|---|---|"]
+             "lower bound (1 = optimal), per layer (from `tiling.json`). One-chain bound: the "
+             "bound for schedules with one accumulation chain per output, a class containing "
+             "every box tiling (the yardstick for box tilings; remaining gap: output stores, "
+             "borders, integrality, docs/tiling.md §6).", "",
+             "| group | layers | geomean tiling / bound | max tiling / bound "
+             "| geomean tiling / one-chain bound | geomean Im2Col / tiling |",
+             "|---|---|---|---|---|---|"]
     for ax, k in zip(axes[:, 0], keys):
         rows = [r for r in groups[k] if r["bound"] > 0]
         x = range(len(rows))
@@ -489,7 +522,9 @@ def part_tiling(args) -> dict[str, Any]:
     for k in sorted(groups):
         rows = [r for r in groups[k] if r["bound"] > 0]
         ratios = [r["traffic"] / r["bound"] for r in rows]
+        chain = _geomean([r["traffic"] / r["chain"] for r in rows if r["chain"] > 0])
         lines.append(f"| {k} | {len(rows)} | {_geomean(ratios):.3f} | {max(ratios):.3f} | "
+                     + ("–" if chain is None else f"{chain:.3f}") + " | "
                      f"{_geomean([r['im2col'] / r['traffic'] for r in rows]):.2f} |")
     fig.tight_layout()
     fig.savefig(RESULTS / "report_tiling.png", dpi=100)
@@ -559,9 +594,12 @@ def part_plan(args) -> dict[str, Any]:
     for pre in presets:
         rs = sorted((r for r in rows if r["preset"] == pre), key=lambda r: r["procs"])
         P = [r["procs"] for r in rs]
-        ax1.plot(P, [r["geomean_ratio_to_bound"] for r in rs], "-o", label=pre)
+        line, = ax1.plot(P, [r["geomean_ratio_to_bound"] for r in rs], "-o", label=f"{pre} recv + send")
+        if rs[0].get("geomean_recv_ratio_grid_family") is not None:
+            ax1.plot(P, [r["geomean_recv_ratio_grid_family"] for r in rs], "--", marker="x",
+                     color=line.get_color(), label=f"{pre} received only (grid family)")
         ax2.plot(P, [r["geomean_best_fixed_over_planned"] for r in rs], "-o", label=pre)
-    for ax, t in ((ax1, "planned ÷ lower bound (geomean over layers)"),
+    for ax, t in ((ax1, "busiest rank's bytes ÷ lower bound (geomean over layers)"),
                   (ax2, "best fixed strategy ÷ planned (geomean)")):
         ax.set_xscale("log", base=2)
         ax.axhline(1, color="black", lw=0.8)
@@ -574,12 +612,18 @@ def part_plan(args) -> dict[str, Any]:
     plt.close(fig)
     lines = ["ResNet-50 (batch " + str(d.get("batch", "?")) + "), all layers: the planner's busiest-rank "
              "bytes against the memory-independent bound and the best fixed strategy (from "
-             "`plan.json`, written by `" + str(d.get("command", "bench/bench_plan.py")) + "`).", "",
-             "| preset | P | geomean planned / bound | max planned / bound | geomean best fixed / planned |",
-             "|---|---|---|---|---|"]
+             "`plan.json`, written by `" + str(d.get("command", "bench/bench_plan.py")) + "`). "
+             "recv+send / bound compares the quantity the bound bounds (never below 1); recv / "
+             "bound is a grid-family figure, not a bound ratio (relaying schedules receive less).",
+             "",
+             "| preset | P | geomean recv+send / bound | max recv+send / bound "
+             "| geomean recv / bound (grid family) | geomean best fixed / planned (recv) |",
+             "|---|---|---|---|---|---|"]
+    nan = float("nan")
     for r in sorted(rows, key=lambda r: (r["preset"], r["procs"])):
         lines.append(f"| {r['preset']} | {r['procs']} | {r['geomean_ratio_to_bound']:.3f} | "
-                     f"{r.get('max_ratio_to_bound', float('nan')):.3f} | "
+                     f"{r.get('max_ratio_to_bound', nan):.3f} | "
+                     f"{r.get('geomean_recv_ratio_grid_family') or nan:.3f} | "
                      f"{r['geomean_best_fixed_over_planned']:.3f} |")
     return {"data": {"source": "bench/results/plan.json",
                      "rows": [{k: v for k, v in r.items() if k != "rows"} for r in rows]},

@@ -9,6 +9,8 @@ For the grid algorithm of THEORY.md §6, as fixed by :mod:`parconv.partition`, t
   visiting every rank: a rank's volume depends only on each axis's *block class* (balanced
   blocks have at most two sizes; spatial blocks also differ by halo and stride phase), so
   it evaluates one representative per product of classes (see :func:`_class_indices`);
+  likewise the maximum over ranks of received + sent bytes, the quantity the lower bound
+  bounds (:func:`max_rank_traffic_bytes`, other representatives);
 * searches all ordered factorisations ``P = P_b·P_k·P_c·P_h·P_w`` (each factor at most its
   dimension) for the grid minimising the maximum over ranks of received bytes, ties
   broken by total bytes, then fewer split dimensions, then fewer spatial splits. Grids
@@ -219,6 +221,55 @@ def max_rank_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
     return int(sum(r for r, _ in vol.values()).max())
 
 
+def _traffic_class_indices(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, ...]:
+    """One index per block class on each grid axis, enough for the exact maximum over
+    ranks of received + sent bytes.
+
+    The classes are those of :func:`_class_indices` (on the spatial axes refined by the
+    rows a block sends to others, ``sent``, which the halo's send depends on), but the
+    representative is the **smallest** index of each class. Within a product of classes
+    every quantity of :func:`_volumes` is constant (b-, k- and c-block sizes, the parts
+    ``cown`` and ``ko`` owned, the spatial facts) except the filter part owned,
+    ``kf = ⌊k_blk/q⌋ + [f < k_blk mod q]`` with ``q = P_b·P_h·P_w`` and the fiber index
+    ``f = (ib·P_h + ih)·P_w + iw``. A rank's filter traffic is
+    ``p_F·c_blk·R·S·(k_blk − kf + (q − 1)·kf) = p_F·c_blk·R·S·(k_blk + (q − 2)·kf)``,
+    non-decreasing in ``kf`` (``q ≥ 2``; constant when ``q ≤ 2``), and ``kf`` is
+    non-increasing in ``f``, which increases with each of ``ib, ih, iw``. So within a
+    product of classes recv + send is largest at the smallest index of each class, and
+    the maximum over these representatives is the exact maximum over all ranks (tested
+    against brute force in ``tests/test_plan.py``).
+    """
+    kvals = set(block_sizes(spec.K, grid.k).tolist())
+    cvals = set(block_sizes(spec.C, grid.c).tolist())
+
+    def interval_min(p: int, thresholds) -> np.ndarray:
+        return np.array(sorted({0} | {int(t) for t in thresholds if 0 < t < p}), dtype=np.int64)
+
+    def spatial_min(axis: Axis, p: int) -> np.ndarray:
+        t = axis_table(axis, p)
+        feats = np.stack([t.out, t.own, t.used, t.need, t.self_need, t.sent, t.win], axis=1)
+        _, first = np.unique(feats, axis=0, return_index=True)
+        return np.sort(first.astype(np.int64))
+
+    ib = interval_min(grid.b, [spec.B % grid.b])
+    ik = interval_min(grid.k, [spec.K % grid.k] + [v % grid.k for v in cvals])
+    ic = interval_min(grid.c, [spec.C % grid.c] + [u % grid.c for u in kvals])
+    return ib, ik, ic, spatial_min(spec.axes[0], grid.h), spatial_min(spec.axes[1], grid.w)
+
+
+def max_rank_traffic_bytes(spec: ConvSpec, grid: Grid) -> int:
+    """Exact maximum over ranks of received + sent bytes (all operations), via block
+    classes (:func:`_traffic_class_indices`).
+
+    This is the quantity the memory-independent bound bounds for *every* execution
+    (docs/theory.md §5): the processor doing the most work must receive the input and
+    filter elements it uses but does not own and send a contribution for every output it
+    updates but does not own, so its received + sent bytes are at least the bound.
+    """
+    vol = _volumes(spec, grid, _traffic_class_indices(spec, grid))
+    return int(sum(r + s for r, s in vol.values()).max())
+
+
 def max_rank_memory_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Exact maximum over ranks of :func:`parconv.partition.rank_memory_bytes`."""
     return int(_memory_bits(spec, grid, _class_indices(spec, grid)).max()) // 8
@@ -326,6 +377,9 @@ class Plan:
 
     ``lower_bound_bytes`` is the memory-independent bound of :mod:`parconv.bounds` for
     ``P`` ranks, or None when that bound is vacuous (≤ 0); ``bound`` keeps its details.
+    The grid minimises ``max_rank_recv_bytes``; the bound is compared with
+    ``max_rank_traffic_bytes`` (received + sent, :attr:`ratio_to_bound`), the quantity it
+    bounds for every execution.
     """
 
     spec: ConvSpec
@@ -342,9 +396,29 @@ class Plan:
     def procs(self) -> int:
         return self.grid.size
 
+    @cached_property
+    def max_rank_traffic_bytes(self) -> int:
+        """Exact maximum over ranks of received + sent bytes (:func:`max_rank_traffic_bytes`)."""
+        return max_rank_traffic_bytes(self.spec, self.grid)
+
     @property
     def ratio_to_bound(self) -> float | None:
-        """Planned max-rank received bytes ÷ memory-independent bound (None if vacuous)."""
+        """Busiest rank's received + sent bytes ÷ the memory-independent bound (None if
+        vacuous). The bound bounds this quantity for every execution, so it is ≥ 1."""
+        if not self.lower_bound_bytes:
+            return None
+        return self.max_rank_traffic_bytes / self.lower_bound_bytes
+
+    @property
+    def recv_ratio_grid_family(self) -> float | None:
+        """Busiest rank's *received* bytes ÷ the bound: a figure for the grid family only.
+
+        The bound does not bound received bytes alone for every execution (a schedule
+        relaying partial sums through idle ranks receives less); the grid algorithm
+        receives every input and filter element it uses but does not own, and its
+        reduce-scatter receives as much as it sends on even splits, so for it the figure
+        is comparable (never below 1 on the grids tried; docs/theory.md §5).
+        """
         if not self.lower_bound_bytes:
             return None
         return self.max_rank_recv_bytes / self.lower_bound_bytes
@@ -438,7 +512,9 @@ class Plan:
             "max_rank_memory_bytes": self.max_rank_memory_bytes,
             "memory_limit_bytes": self.memory_limit_bytes,
             "lower_bound_bytes": self.lower_bound_bytes,
+            "max_rank_traffic_bytes": self.max_rank_traffic_bytes,
             "ratio_to_bound": self.ratio_to_bound,
+            "recv_ratio_grid_family": self.recv_ratio_grid_family,
             "bound": self.bound,
             "search": self.search,
         }

@@ -16,7 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .dtypes import PRESETS, Precision
+from .dtypes import PRESETS, Precision, parse_precision
 
 
 def _pair(name: str, value) -> tuple[int, int]:
@@ -110,7 +110,10 @@ class ConvSpec:
     kernel, stride, padding, dilation:
         Per-axis (R, S), (σh, σw), (padh, padw), (δh, δw); an int means both axes.
     precision:
-        Element types (default fp32).
+        Element types (default fp32): a :class:`~parconv.dtypes.Precision` or any string
+        ``--dtype`` accepts (:func:`~parconv.dtypes.parse_precision`): a preset name of
+        :data:`~parconv.dtypes.PRESETS` (``"int8"``, ``"fp16"``, ...) or
+        ``"IN/FILTER/ACC[/OUT]"`` (e.g. ``"int8/int8/int32/int8"``).
     name:
         Optional label (e.g. ``resnet50/layer3.0.conv2``).
 
@@ -128,7 +131,7 @@ class ConvSpec:
     stride: tuple[int, int] = (1, 1)
     padding: tuple[int, int] = (0, 0)
     dilation: tuple[int, int] = (1, 1)
-    precision: Precision = field(default_factory=lambda: PRESETS["fp32"])
+    precision: Precision | str = field(default_factory=lambda: PRESETS["fp32"])
     name: str = ""
 
     def __post_init__(self) -> None:
@@ -148,8 +151,14 @@ class ConvSpec:
         for ax, v in zip("hw", self.padding):
             if v < 0:
                 raise ValueError(f"padding must be non-negative, got padding[{ax}]={v}")
+        if isinstance(self.precision, str):
+            try:
+                object.__setattr__(self, "precision", parse_precision(self.precision))
+            except ValueError as exc:
+                raise ValueError(f"precision: {exc}") from None
         if not isinstance(self.precision, Precision):
-            raise ValueError(f"precision: expected a Precision, got {self.precision!r}")
+            raise ValueError(f"precision: expected a Precision or a preset name "
+                             f"({', '.join(PRESETS)}), got {self.precision!r}")
         for ax, a in zip("hw", self.axes):
             if a.out_size <= 0:
                 raise ValueError(
@@ -248,8 +257,8 @@ class ConvSpec:
         """Same layer, another batch size."""
         return _replace(self, batch=batch)
 
-    def with_precision(self, precision: Precision) -> ConvSpec:
-        """Same layer, other element types."""
+    def with_precision(self, precision: Precision | str) -> ConvSpec:
+        """Same layer, other element types (a Precision or a preset name / dtype string)."""
         return _replace(self, precision=precision)
 
     def describe(self) -> str:

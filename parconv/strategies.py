@@ -2,7 +2,9 @@
 
 Each strategy returns the best grid *within its family* (minimum over grids of the
 maximum over ranks of received bytes, same ties as the planner) or None when no grid of
-``P`` ranks exists in the family (e.g. batch-only when ``P > B``):
+``P`` ranks exists in the family (e.g. batch-only when ``P > B``). Like the planner it
+also reports the maximum over ranks of received + sent bytes on that grid, the quantity
+the lower bound bounds, so either figure compares like for like with the plan's:
 
 * ``batch_only``: ``P_b = P`` (data parallel: every rank gathers the whole filter);
 * ``spatial_only``: ``P_h × P_w`` (halo exchange; LBANN DistConv, distdl, Mesh-TF);
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from .plan import _divisors, _interval_max, _split, best_grid
+from .plan import _divisors, _interval_max, _split, best_grid, max_rank_traffic_bytes
 from .spec import ConvSpec
 
 #: Strategy name -> grid axes it may split (None: the im2col + matmul strategy).
@@ -46,9 +48,13 @@ class StrategyResult:
     total_recv_bytes: int
     max_rank_memory_bytes: int
     details: dict[str, Any] = field(default_factory=dict)
+    #: Exact maximum over ranks of received + sent bytes (the quantity the lower bound
+    #: bounds), on the same grid.
+    max_rank_traffic_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "grid": self.grid, "max_rank_recv_bytes": self.max_rank_recv_bytes,
+                "max_rank_traffic_bytes": self.max_rank_traffic_bytes,
                 "total_recv_bytes": self.total_recv_bytes,
                 "max_rank_memory_bytes": self.max_rank_memory_bytes, "details": self.details}
 
@@ -70,7 +76,10 @@ def matmul_volumes(spec: ConvSpec, pm: int, pn: int, pk: int,
     charged, which favours this baseline. Operations: allgather of the ``A`` block over
     ``j``, allgather of the ``B`` block over ``i``, reduce-scatter of the accumulator
     partial ``C`` block over ``l`` (each rank ends with a balanced part). Memory: the
-    gathered ``A`` and ``B`` blocks, the partial ``C`` block and the final part.
+    gathered ``A`` and ``B`` blocks, the partial ``C`` block and the final part. Keys:
+    received bytes per operation and ``total``; ``send`` (a rank's owned ``A`` and ``B``
+    parts to the ``pn − 1`` / ``pm − 1`` others, the partial ``C`` outside its part);
+    ``traffic`` = ``total + send``; ``memory``.
     """
     m, n, k = matmul_shape(spec)
     if idx is None:
@@ -87,6 +96,9 @@ def matmul_volumes(spec: ConvSpec, pm: int, pn: int, pk: int,
         "c_reduce_scatter": p.p_accum // 8 * (pk - 1) * c_own,
     }
     recv["total"] = recv["a_allgather"] + recv["b_allgather"] + recv["c_reduce_scatter"]
+    recv["send"] = (p.p_filter // 8 * (pn - 1) * a_own + p.p_input // 8 * (pm - 1) * b_own
+                    + p.p_accum // 8 * (c_blk - c_own))
+    recv["traffic"] = recv["total"] + recv["send"]
     recv["memory"] = (p.p_filter * a_blk + p.p_input * b_blk + p.p_accum * c_blk
                       + p.p_output * c_own) // 8
     return recv
@@ -102,7 +114,8 @@ def matmul_total_recv_bytes(spec: ConvSpec, pm: int, pn: int, pk: int) -> int:
 
 def _matmul_classes(spec: ConvSpec, pm: int, pn: int, pk: int) -> tuple[np.ndarray, ...]:
     """One index per class on each matmul axis (block size and ownership thresholds),
-    enough for the exact maximum over ranks."""
+    enough for the exact maximum over ranks: within a product of classes every block
+    size and owned part is constant, so received, sent and memory bytes are too."""
     m, n, k = matmul_shape(spec)
     ms = set((m // pm, m // pm + 1))
     ns = set((n // pn, n // pn + 1))
@@ -131,12 +144,12 @@ def im2col_matmul(spec: ConvSpec, procs: int, memory_bytes: int | None = None) -
             tot = matmul_total_recv_bytes(spec, pm, pn, pk)
             key = (mx, tot, (pm, pn, pk))
             if best is None or key < best[:3]:
-                best = (*key, mem)
+                best = (*key, mem, int(v["traffic"].max()))
     if best is None:
         return None
-    mx, tot, (pm, pn, pk), mem = best
+    mx, tot, (pm, pn, pk), mem, traffic = best
     return StrategyResult("im2col_matmul", {"m": pm, "n": pn, "k": pk}, mx, tot, mem,
-                          {"matmul_mnk": [m, n, k], "im2col_elems": n * k})
+                          {"matmul_mnk": [m, n, k], "im2col_elems": n * k}, traffic)
 
 
 def fixed_strategy(name: str, spec: ConvSpec, procs: int,
@@ -151,7 +164,8 @@ def fixed_strategy(name: str, spec: ConvSpec, procs: int,
     if res is None:
         return None
     return StrategyResult(name, res.grid.as_dict(), res.max_rank_recv_bytes, res.total_recv_bytes,
-                          res.max_rank_memory_bytes)
+                          res.max_rank_memory_bytes,
+                          max_rank_traffic_bytes=max_rank_traffic_bytes(spec, res.grid))
 
 
 def all_strategies(spec: ConvSpec, procs: int,

@@ -110,6 +110,24 @@ def test_invalid_precision(args, needle):
         Precision(*args)
 
 
+def test_spec_accepts_the_cli_precision_strings():
+    """ConvSpec(precision=...) takes every string --dtype takes, to the same Precision."""
+    for name, preset in PRESETS.items():
+        spec = ConvSpec(1, 2, 3, 5, 3, precision=name)
+        assert spec.precision == preset == parse_precision(name)
+    assert ConvSpec(1, 2, 3, 5, 3, precision="FP16").precision == PRESETS["fp16"]
+    assert ConvSpec(1, 2, 3, 5, 3, precision="float32").precision == PRESETS["fp32"]
+    custom = ConvSpec(1, 2, 3, 5, 3, precision="int8/int8/int32/int8").precision
+    assert (custom.input, custom.accum, custom.output) == ("int8", "int32", "int8")
+    assert ConvSpec(1, 2, 3, 5, 3).with_precision("bf16").precision == PRESETS["bf16"]
+    with pytest.raises(ValueError, match="precision: dtype 'int4'.*preset"):
+        ConvSpec(1, 2, 3, 5, 3, precision="int4")
+    with pytest.raises(ValueError, match="precision.*narrower"):
+        ConvSpec(1, 2, 3, 5, 3, precision="int16/int8/int16")
+    with pytest.raises(ValueError, match="expected a Precision or a preset name"):
+        ConvSpec(1, 2, 3, 5, 3, precision=32)
+
+
 def test_parse_precision_rejects_garbage():
     with pytest.raises(ValueError, match="preset"):
         parse_precision("int8/int8")

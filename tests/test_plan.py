@@ -24,6 +24,7 @@ from parconv.plan import (
     candidate_grids,
     max_rank_memory_bytes,
     max_rank_recv_bytes,
+    max_rank_traffic_bytes,
     plan,
     plan_for_grid,
     total_recv_bytes,
@@ -68,7 +69,7 @@ def test_cases_cover_odd_and_uneven():
 def test_every_rank_equals_partition(spec, grid):
     pl = plan_for_grid(spec, grid)
     vols = pl.rank_volumes()
-    recv = []
+    recv, traffic = [], []
     pi = spec.precision.p_input // 8
     for r in range(grid.size):
         ref = rank_volume(spec, grid, r)
@@ -79,8 +80,10 @@ def test_every_rank_equals_partition(spec, grid):
         halo = {p: (rv * pi, sd * pi) for p, (rv, sd) in halo_counts(spec, grid, r).items()}
         assert pl.halos(r) == halo
         recv.append(sum(v[0] for v in ref.values()))
-    # the class-based maximum and the closed-form total equal the brute force
+        traffic.append(sum(v[0] + v[1] for v in ref.values()))
+    # the class-based maxima and the closed-form total equal the brute force
     assert pl.max_rank_recv_bytes == max(recv)
+    assert pl.max_rank_traffic_bytes == max_rank_traffic_bytes(spec, grid) == max(traffic)
     assert pl.total_recv_bytes == sum(recv)
     assert pl.max_rank_memory_bytes == max(rank_memory_bytes(spec, grid, r) for r in range(grid.size))
 
@@ -123,6 +126,7 @@ def test_class_maximum_equals_all_ranks_random():
         pl = plan_for_grid(spec, grid)
         vols = pl.rank_volumes()
         assert pl.max_rank_recv_bytes == int(vols["recv_bytes"].max())
+        assert pl.max_rank_traffic_bytes == int((vols["recv_bytes"] + vols["send_bytes"]).max())
         assert pl.total_recv_bytes == int(vols["recv_bytes"].sum()) == int(vols["send_bytes"].sum())
         assert pl.max_rank_memory_bytes == int(vols["memory_bytes"].max())
     # and spot-check some random cases rank by rank against the reference
@@ -195,8 +199,48 @@ def test_plan_respects_the_lower_bound():
         for procs in (8, 512):
             pl = plan(spec, procs)
             if pl.lower_bound_bytes is not None:
-                assert pl.max_rank_recv_bytes >= pl.lower_bound_bytes * (1 - 1e-9), (spec.name, procs)
-                assert pl.ratio_to_bound >= 1 - 1e-9
+                assert pl.max_rank_traffic_bytes >= pl.lower_bound_bytes * (1 - 1e-9), (spec.name, procs)
+                assert pl.ratio_to_bound == pl.max_rank_traffic_bytes / pl.lower_bound_bytes >= 1 - 1e-9
+                # the received-only figure (grid family): held on every grid tried
+                assert pl.recv_ratio_grid_family == pl.max_rank_recv_bytes / pl.lower_bound_bytes
+                assert pl.recv_ratio_grid_family >= 1 - 1e-9
+
+
+def test_traffic_of_busiest_rank_never_below_the_bound_random():
+    """What the printed ratio compares is what the bound bounds: on random small layers
+    and grids (odd and uneven splits) the busiest rank's received + sent bytes, taken
+    over every rank, are at least the memory-independent bound."""
+    rng = np.random.default_rng(11)
+    checked = 0
+    for _ in range(200):
+        spec, grid = _random_case(rng)
+        pl = plan_for_grid(spec, grid)
+        vols = pl.rank_volumes()
+        traffic = int((vols["recv_bytes"] + vols["send_bytes"]).max())
+        assert pl.max_rank_traffic_bytes == traffic
+        if pl.lower_bound_bytes is not None:
+            checked += 1
+            assert traffic >= pl.lower_bound_bytes * (1 - 1e-12), (spec, grid)
+            assert pl.ratio_to_bound >= 1 - 1e-12
+            assert pl.ratio_to_bound == pytest.approx(
+                pl.recv_ratio_grid_family * traffic / pl.max_rank_recv_bytes)
+    assert checked > 50
+
+
+def test_received_only_figure_is_not_what_the_bound_bounds():
+    """The audit's relay example (1x1, B = C = K = 64, fp32, P = 256): a schedule relaying
+    partial sums through idle ranks receives 960 B on its busiest rank, below the bound,
+    so the bound must be compared with received + sent bytes, which the planned grid
+    reports (and which is >= the bound)."""
+    spec = ConvSpec(64, 64, 64, 1, 1, precision=PRESETS["fp32"])
+    pl = plan(spec, 256)
+    assert 960 < pl.lower_bound_bytes < 1028                      # 1027.1 B
+    assert pl.max_rank_traffic_bytes >= pl.lower_bound_bytes
+    vols = pl.rank_volumes()
+    assert pl.max_rank_traffic_bytes == int((vols["recv_bytes"] + vols["send_bytes"]).max())
+    d = pl.to_dict(include_ranks=False)
+    assert d["ratio_to_bound"] == pl.max_rank_traffic_bytes / pl.lower_bound_bytes
+    assert d["recv_ratio_grid_family"] == pl.max_rank_recv_bytes / pl.lower_bound_bytes
 
 
 def test_large_procs_search_prunes():
@@ -212,6 +256,9 @@ def test_to_dict_is_json():
     d = json.loads(json.dumps(pl.to_dict()))
     assert d["grid"] == pl.grid.as_dict() and len(d["ranks"]) == 6
     assert d["max_rank_recv_bytes"] == max(r["recv_bytes"] for r in d["ranks"])
+    assert d["max_rank_traffic_bytes"] == max(r["recv_bytes"] + r["send_bytes"] for r in d["ranks"])
+    assert d["ratio_to_bound"] == d["max_rank_traffic_bytes"] / d["lower_bound_bytes"]
+    assert d["recv_ratio_grid_family"] == d["max_rank_recv_bytes"] / d["lower_bound_bytes"]
     assert isinstance(pl, Plan) and "ranks" not in pl.to_dict(include_ranks=False)
 
 
@@ -226,8 +273,12 @@ def test_cli_plan_json_and_table(tmp_path, capsys):
                                     "channel_filter", "im2col_matmul"}
     assert d["layer"]["name"] == "resnet50/layer3.1.conv2" and d["lower_bound_bytes"] > 0
     assert d["max_rank_recv_bytes"] <= min(v for v in d["strategies"].values() if v is not None)
+    assert d["ratio_to_bound"] == d["max_rank_traffic_bytes"] / d["lower_bound_bytes"]
+    assert set(d["strategies_traffic"]) == set(d["strategies"])
+    assert all(t >= r for t, r in zip(d["strategies_traffic"].values(), d["strategies"].values()))
     assert main(["plan", "--batch", "8", "--procs", "4", "--grid", "1x2x2x1x1"]) == 0
     text = capsys.readouterr().out
     assert "1x2x2x1x1" in text and "channel_filter" in text and "rank" in text
+    assert "recv + send = " in text and "x the bound" in text and "grid-family figure" in text
     assert main(["plan", "--procs", "4", "--grid", "2x1x1x1x1"]) == 2
     assert "has 2 ranks" in capsys.readouterr().err

@@ -56,6 +56,37 @@ def test_seeded_blocks_tile_the_global_operands(dtype):
         assert np.abs(xg.astype(np.float64)).max() <= 1.0 and xg.astype(np.float64).std() > 0.4
 
 
+def test_local_block_cuts_each_ranks_block_from_a_global_array():
+    """local_block(global, spec, grid, rank, which) == the block that rank owns, for the
+    input, the filter and the output, on an uneven grid of a custom layer whose precision
+    is given as a preset name."""
+    from parconv.runtime import local_block
+
+    spec = ConvSpec(3, 5, 7, (11, 9), 3, 2, 1, precision="fp16")
+    grid = Grid(1, 2, 1, 3, 1)
+    xg, wg = seeded_operands_global(spec, seed=3)
+    og = np.arange(np.prod(spec.output_shape)).reshape(spec.output_shape)
+    seen = np.zeros(spec.output_shape, int)
+    for r in range(grid.size):
+        me = layout(spec, grid, r)
+        x, w = local_block(xg, spec, grid, r, "input"), local_block(wg, spec, grid, r, "filter")
+        assert x.shape == me.input_owned_shape and w.shape == me.filter_owned_shape
+        assert x.dtype == np.float16 and x.flags.c_contiguous
+        sx, sw = seeded_operands_local(spec, grid, r, seed=3)
+        np.testing.assert_array_equal(x, sx)
+        np.testing.assert_array_equal(w, sw)
+        o = local_block(og, spec, grid, r, "output")
+        assert o.shape == me.output_owned_shape
+        seen[tuple(slice(a, b) for a, b in block_ranges(spec, grid, r, "output"))] += 1
+        np.testing.assert_array_equal(
+            o, og[tuple(slice(a, b) for a, b in block_ranges(spec, grid, r, "output"))])
+    assert (seen == 1).all()
+    with pytest.raises(ValueError, match="global input has shape"):
+        local_block(xg[:, :2], spec, grid, 0, "input")
+    with pytest.raises(ValueError, match="unknown block kind"):
+        local_block(xg, spec, grid, 0, "bias")
+
+
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16", "fp64", "int8"])
 def test_compare_accepts_reference_and_catches_one_wrong_element(dtype):
     spec = spec_of(dtype)

@@ -146,7 +146,13 @@ def test_cli_run_verify_json_save(tmp_path, warm_numba):
     assert {"grid", "lower_bound_bytes", "ranks"} <= set(d)
     assert len(d["ranks"]) == 3 and d["measured_equals_planned"] and d["verify"]["ok"]
     max_recv = max(e["recv_bytes"] for e in d["ranks"])
-    assert d["lower_bound_bytes"] is None or max_recv >= d["lower_bound_bytes"]  # bound holds
+    traffic = max(e["recv_bytes"] + e["send_bytes"] for e in d["ranks"])
+    assert d["measured_max_rank_traffic_bytes"] == d["planned_max_rank_traffic_bytes"] == traffic
+    if d["lower_bound_bytes"] is not None:  # the bound holds for the quantity it bounds
+        assert traffic >= d["lower_bound_bytes"]
+        assert d["ratio_to_bound"] == traffic / d["lower_bound_bytes"]
+        assert d["recv_ratio_grid_family"] == max_recv / d["lower_bound_bytes"]
+        assert "max recv + send per rank" in proc.stdout and "x the bound" in proc.stdout
     for e in d["ranks"]:
         assert e["recv_bytes"] == e["planned_recv_bytes"] == e["planner_recv_bytes"]
         assert e["send_bytes"] == e["planned_send_bytes"]
@@ -249,3 +255,18 @@ def test_api_fault_on_one_rank_aborts_job_quickly(tmp_path, warm_numba):
     assert proc.returncode != 0
     assert "rank 2 failed: RuntimeError: injected fault in phase filter_allgather" in proc.stderr
     assert secs < 20
+
+
+def test_docs_custom_layer_example(tmp_path, warm_numba):
+    """docs/runtime.md's custom-layer example runs as written under mpiexec -n 3 and its
+    result verifies (the docs show how to build a layer, a grid and each rank's blocks)."""
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    block = text.split("### A custom layer with your own data", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "local_block(" in code and 'precision="fp32"' in code
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    proc, _ = mpiexec(3, [sys.executable, str(script)])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "verify: OK" in proc.stdout
+    assert "owns input (2, 5, 4, 9)" in proc.stdout and "owns input (2, 5, 3, 9)" in proc.stdout

@@ -105,8 +105,13 @@ def test_cli_table_json_and_errors(tmp_path):
     assert d["command"] == "simulate" and d["consistent"] and d["matches_plan"]
     assert d["grid"] == {"b": 1, "k": 1, "c": 1, "h": 3, "w": 2} and len(d["ranks"]) == 6
     assert d["summary"]["total"]["max"] == max(x["recv_bytes"] for x in d["ranks"])
+    traffic = max(x["recv_bytes"] + x["send_bytes"] for x in d["ranks"])
+    assert d["max_rank_traffic_bytes"] == traffic
+    assert d["ratio_to_bound"] == traffic / d["lower_bound_bytes"] >= 1
+    assert d["recv_ratio_grid_family"] == d["summary"]["total"]["max"] / d["lower_bound_bytes"]
     r = subprocess.run(args + ["--procs", "4"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "schedule consistent: yes" in r.stdout
+    assert "recv + send = " in r.stdout and "x the bound (received only:" in r.stdout
     assert "input_halo" in r.stdout and "max" in r.stdout
     r = subprocess.run(args + ["--procs", "5", "--grid", "1x1x1x3x2"], capture_output=True,
                        text=True, timeout=60)
@@ -153,6 +158,12 @@ def test_simulated_equals_measured(tmp_path, n, grid, flags):
             assert (mo["recv_bytes"], mo["send_bytes"]) == (so["recv_bytes"], so["send_bytes"]), (m["rank"], op)
             moved += mo["recv_bytes"] > 0
     assert moved >= 2  # the layers do move data in at least two operations
+    # the run's bound comparison uses the same quantity as the simulator's: recv + send
+    traffic = max(x["recv_bytes"] + x["send_bytes"] for x in measured["ranks"])
+    assert measured["measured_max_rank_traffic_bytes"] == simulated["max_rank_traffic_bytes"] == traffic
+    assert measured["planned_max_rank_traffic_bytes"] == traffic
+    assert measured["ratio_to_bound"] == simulated["ratio_to_bound"]
+    assert measured["recv_ratio_grid_family"] == simulated["recv_ratio_grid_family"]
 
 
 def test_resnet50_layer_at_512_ranks_is_exact_where_checked():

@@ -186,6 +186,12 @@ def test_layer_template_real_run_and_collect(tmp_path):
     assert run_row["layer"] == sim_row["layer"] == "resnet18/layer4.0.conv2"
     assert run_row["grid"] == "1x1x1x2x1"
     assert run_row["max_recv_bytes"] == max(x["recv_bytes"] for x in measured["ranks"])
+    traffic = max(x["recv_bytes"] + x["send_bytes"] for x in measured["ranks"])
+    assert run_row["max_traffic_bytes"] == traffic
+    if measured["lower_bound_bytes"]:
+        assert run_row["ratio_to_bound"] == traffic / measured["lower_bound_bytes"] >= 1
+        assert run_row["ratio_to_bound"] == measured["ratio_to_bound"]
+    assert sim_row["ratio_to_bound"] == json.loads((out / "sim-P4.json").read_text())["ratio_to_bound"]
     assert run_row["measured_equals_planned"] is True
     assert run_row["max_wall_seconds"] > 0
     assert sim_row["consistent"] is True

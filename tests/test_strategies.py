@@ -9,7 +9,7 @@ import pytest
 from parconv.dtypes import PRESETS
 from parconv.layers import layer
 from parconv.partition import GRID_AXES
-from parconv.plan import candidate_grids, max_rank_recv_bytes, plan
+from parconv.plan import candidate_grids, max_rank_recv_bytes, max_rank_traffic_bytes, plan
 from parconv.spec import ConvSpec
 from parconv.strategies import (
     FAMILIES,
@@ -38,6 +38,8 @@ def test_grid_families_are_exhaustive_optimum(name, spec, procs):
         return
     assert all(v == 1 for a, v in res.grid.items() if a not in axes)
     assert res.max_rank_recv_bytes == min(max_rank_recv_bytes(spec, g) for g in fam)
+    g = next(g for g in fam if g.as_dict() == res.grid)
+    assert res.max_rank_traffic_bytes == max_rank_traffic_bytes(spec, g)
 
 
 def test_infeasible_families_are_none():
@@ -72,7 +74,8 @@ def _ownership(n, p, i):
 
 def _simulate_matmul(spec, pm, pn, pk):
     """Element-level simulation: explicit block element sets and owners; per-rank
-    received bytes are the block elements it needs but does not hold."""
+    received bytes are the block elements it needs but does not hold, sent bytes the
+    elements it holds that others need (A, B) or partials it does not own (C)."""
     m, n, k = matmul_shape(spec)
     p = spec.precision
     mb = [_ownership(m, pm, i) for i in range(pm)]
@@ -101,14 +104,20 @@ def _simulate_matmul(spec, pm, pn, pk):
             own_c[x, y] = r
     assert (own_a >= 0).all() and (own_b >= 0).all() and (own_c >= 0).all()   # partitions
     recv = np.zeros(len(rank), int)
+    send = np.zeros(len(rank), int)
     for (i, j, l_), r in rank.items():
         a = own_a[mb[i][0]:mb[i][1], kb[l_][0]:kb[l_][1]]
         b = own_b[kb[l_][0]:kb[l_][1], nb[j][0]:nb[j][1]]
         recv[r] += p.p_filter // 8 * int((a != r).sum()) + p.p_input // 8 * int((b != r).sum())
+        for arr, owner in ((a, own_a), (b, own_b)):   # each element needed here comes from its owner
+            width = p.p_filter // 8 if owner is own_a else p.p_input // 8
+            for o in arr[arr != r].ravel():
+                send[o] += width
         # reduce-scatter: each owned C element arrives from the pk - 1 other partial holders
         c = own_c[mb[i][0]:mb[i][1], nb[j][0]:nb[j][1]]
         recv[r] += p.p_accum // 8 * (pk - 1) * int((c == r).sum())
-    return recv
+        send[r] += p.p_accum // 8 * int((c != r).sum())
+    return recv, send
 
 
 @pytest.mark.parametrize("spec,grid", [
@@ -118,8 +127,12 @@ def _simulate_matmul(spec, pm, pn, pk):
     (ConvSpec(2, 4, 3, (4, 3), (2, 2), 1, 1, precision=PRESETS["fp64"]), (3, 2, 5)),
 ])
 def test_matmul_volumes_match_element_simulation(spec, grid):
-    got = matmul_volumes(spec, *grid)["total"].ravel()
-    np.testing.assert_array_equal(got, _simulate_matmul(spec, *grid))
+    vol = matmul_volumes(spec, *grid)
+    got = vol["total"].ravel()
+    recv, send = _simulate_matmul(spec, *grid)
+    np.testing.assert_array_equal(got, recv)
+    np.testing.assert_array_equal(vol["send"].ravel(), send)
+    np.testing.assert_array_equal(vol["traffic"].ravel(), recv + send)
     assert matmul_total_recv_bytes(spec, *grid) == int(got.sum())
 
 
@@ -134,6 +147,7 @@ def test_matmul_class_maximum_is_exact():
         cls = matmul_volumes(spec, pm, pn, pk, _matmul_classes(spec, pm, pn, pk))
         assert int(cls["total"].max()) == int(full["total"].max())
         assert int(cls["memory"].max()) == int(full["memory"].max())
+        assert int(cls["traffic"].max()) == int(full["traffic"].max())
 
 
 def test_im2col_strategy_is_best_matmul_grid():
@@ -144,6 +158,8 @@ def test_im2col_strategy_is_best_matmul_grid():
                for a in range(1, 13) for b in range(1, 13)
                if 12 % (a * b) == 0 and a <= m and b <= n and 12 // a // b <= k)
     assert res.max_rank_recv_bytes == best
+    g = res.grid
+    assert res.max_rank_traffic_bytes == int(matmul_volumes(spec, g["m"], g["n"], g["k"])["traffic"].max())
     assert res.grid["m"] * res.grid["n"] * res.grid["k"] == 12
     # a memory limit below every grid's need makes it infeasible
     assert fixed_strategy("im2col_matmul", spec, 12, memory_bytes=16) is None

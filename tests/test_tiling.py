@@ -236,9 +236,15 @@ def test_cli_tile_json_and_table(tmp_path, capsys):
     spec = ConvSpec(2, 8, 6, (10, 9), 3, (2, 1), 1, 1, PRESETS["int8"])
     assert d["traffic_bytes"] * 8 == tiling_traffic_bits(spec, d["tile"], d["order"])
     assert d["traffic_bytes"] >= d["lower_bound_bytes"]
+    # the one-accumulation-chain bound covers every box tiling, and is the tighter one
+    chain = sequential_bound(spec, 1024, single_chain=True)
+    assert d["single_chain_bound_bytes"] == chain.bytes >= d["lower_bound_bytes"]
+    assert d["traffic_bytes"] >= d["single_chain_bound_bytes"]
+    assert d["ratio_to_single_chain_bound"] == d["traffic_bytes"] / chain.bytes
     assert d["im2col_traffic_bytes"] * 8 == im2col_traffic_bits(spec, 1024)
     assert main(["tile", "--layer", "resnet50/layer4.0.conv3", "--memory", "1MiB"]) == 0
     text = capsys.readouterr().out
     assert "tiling traffic" in text and "Im2Col" in text
+    assert "one accumulation chain per output" in text and "tiling / one-chain bound = " in text
     assert main(["tile", "--memory", "8B", "--batch", "2"]) == 2
     assert "too small" in capsys.readouterr().err

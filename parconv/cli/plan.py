@@ -21,8 +21,10 @@ def register(subparsers) -> None:
         "plan", help="choose the processor grid minimising the busiest rank's received bytes",
         description="Choose the grid P_b x P_k x P_c x P_h x P_w for P ranks that minimises the "
                     "maximum over ranks of received bytes (exact, uneven blocks and halos "
-                    "included), compare it with the memory-independent lower bound and the "
-                    "fixed strategies, and list each rank's bytes per operation.")
+                    "included), compare the busiest rank's received + sent bytes (the quantity "
+                    "the bound bounds for every execution) with the memory-independent lower "
+                    "bound, compare with the fixed strategies, and list each rank's bytes per "
+                    "operation.")
     add_layer_args(p)
     add_procs_arg(p, default=4)
     add_memory_arg(p, help_="per-rank memory limit, e.g. 1MiB (grids whose busiest rank needs "
@@ -56,6 +58,8 @@ def build_payload(args: argparse.Namespace):
     payload = pl.to_dict(include_ranks=args.json is not None)
     payload["strategies"] = {k: (None if v is None else v.max_rank_recv_bytes)
                              for k, v in strategies.items()}
+    payload["strategies_traffic"] = {k: (None if v is None else v.max_rank_traffic_bytes)
+                                     for k, v in strategies.items()}
     payload["strategy_grids"] = {k: (None if v is None else v.to_dict()) for k, v in strategies.items()}
     return pl, strategies, payload
 
@@ -79,24 +83,29 @@ def run(args: argparse.Namespace) -> int:
     print(f"procs   {pl.procs}   (per-rank memory limit: {lim})")
     print(f"grid    {g}  (b={g.b} k={g.k} c={g.c} h={g.h} w={g.w})"
           + ("" if args.grid == "auto" else "  [given]"))
-    print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}")
+    print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}   (the planner's objective)")
+    print(f"max-rank recv + send      {_b(pl.max_rank_traffic_bytes)}")
     print(f"total received bytes      {_b(pl.total_recv_bytes)}")
     print(f"max-rank memory           {_b(pl.max_rank_memory_bytes)}")
     if pl.lower_bound_bytes:
         print(f"memory-independent bound  {_b(pl.lower_bound_bytes)}  (binding: "
-              f"{pl.bound.get('binding')})  ratio {pl.ratio_to_bound:.3f}")
+              f"{pl.bound.get('binding')})")
+        print(f"  busiest rank's recv + send = {pl.ratio_to_bound:.3f}x the bound")
+        print(f"  received only: {pl.recv_ratio_grid_family:.3f}x (grid-family figure, not a "
+              "bound ratio: relaying schedules receive less; docs/theory.md §5)")
     else:
         print(f"memory-independent bound  vacuous at P={pl.procs} ({pl.bound.get('bytes', 0):.4g} B)")
     rows = []
     for name, r in strategies.items():
         if r is None:
-            rows.append([name, "infeasible", "-", "-"])
+            rows.append([name, "infeasible", "-", "-", "-"])
         else:
             grid = "x".join(f"{k}{v}" for k, v in r.grid.items() if v > 1) or "1"
             rows.append([name, grid, r.max_rank_recv_bytes,
-                         f"{r.max_rank_recv_bytes / max(pl.max_rank_recv_bytes, 1):.2f}"])
+                         f"{r.max_rank_recv_bytes / max(pl.max_rank_recv_bytes, 1):.2f}",
+                         r.max_rank_traffic_bytes])
     print("\nfixed strategies (best grid of each family; same accounting)")
-    print(table(rows, ["strategy", "grid", "max-rank recv B", "x planned"]))
+    print(table(rows, ["strategy", "grid", "max-rank recv B", "x planned", "max-rank recv+send B"]))
     vols = pl.rank_volumes()
     n = min(pl.procs, max(args.show_ranks, 0))
     if n:

@@ -11,6 +11,7 @@ from .api import (
     block_ranges,
     conv2d_distributed,
     gather_blocks,
+    local_block,
     scatter_operands,
     seeded_block,
     seeded_operands_global,
@@ -20,6 +21,7 @@ from .errors import RunInputError
 from .layer import DistributedConv2d
 from .schedule import Schedule, build_schedule
 
-__all__ = ["DistributedConv2d", "RunInputError", "RunResult", "Schedule", "block_ranges", "build_schedule",
-           "conv2d_distributed", "gather_blocks", "scatter_operands", "seeded_block",
+__all__ = ["DistributedConv2d", "RunInputError", "RunResult", "Schedule", "block_ranges",
+           "build_schedule", "conv2d_distributed", "gather_blocks", "local_block",
+           "scatter_operands", "seeded_block",
            "seeded_operands_global", "seeded_operands_local"]

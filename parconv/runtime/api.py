@@ -69,6 +69,28 @@ def block_ranges(spec: ConvSpec, grid: Grid, rank: int, which: str) -> tuple[Ran
     raise ValueError(f"unknown block kind {which!r}: expected input, filter or output")
 
 
+def local_block(global_array: np.ndarray, spec: ConvSpec, grid: Grid, rank: int,
+                which: str) -> np.ndarray:
+    """This rank's owned block (a contiguous copy) of a global ``input``, ``filter`` or
+    ``output`` array: ``global_array[block_ranges(spec, grid, rank, which)]``.
+
+    The input and filter blocks are what :func:`conv2d_distributed` takes on that rank;
+    the output block is what it returns there.
+
+    Raises
+    ------
+    ValueError
+        If ``global_array`` does not have the global shape of ``which`` (``spec.input_shape``,
+        ``spec.filter_shape`` or ``spec.output_shape``) or ``which`` is unknown.
+    """
+    ranges = block_ranges(spec, grid, rank, which)
+    shape = _global_shape(spec, which)
+    if tuple(np.shape(global_array)) != tuple(shape):
+        raise ValueError(f"local_block: global {which} has shape {tuple(np.shape(global_array))}, "
+                         f"expected {tuple(shape)}")
+    return np.ascontiguousarray(global_array[_slices(ranges)])
+
+
 def _global_shape(spec: ConvSpec, which: str) -> tuple[int, ...]:
     return {"input": spec.input_shape, "filter": spec.filter_shape,
             "output": spec.output_shape}[which]
