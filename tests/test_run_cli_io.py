@@ -9,7 +9,6 @@ Pure tests first (fake environments, meminfo and cgroup trees), then a few small
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -288,7 +287,6 @@ def test_bf16_save_round_trip_and_compile_seconds(tmp_path, warm_numba):
         assert e["compile_seconds"] > 0
         # a 2x5x7x5 layer: its compute is far below loading/compiling the kernel
         assert e["phase_seconds"]["compute"] < e["compile_seconds"]
-        assert e["wall_seconds"] < e["compile_seconds"] + 60 and math.isfinite(e["wall_seconds"])
 
     z = np.load(out_npz)
     for name in ("input", "weight", "output"):

@@ -178,10 +178,10 @@ def run_command(args: argparse.Namespace) -> int:
     save_path = npz_path(args.save) if args.save else None
     try:
         spec = spec_from_args(args)
-        for flag, path in (("--json", None if args.json in (None, "-") else args.json),
-                           ("--save", args.save), ("--save", save_path)):
-            if path is not None:  # checked on every rank: same verdict on a shared FS
-                check_output_path(path, flag)
+        outputs = [("--json", None if args.json in (None, "-") else args.json),
+                   ("--save", args.save), ("--save", save_path and str(save_path))]
+        for flag, path in dict.fromkeys(o for o in outputs if o[1] is not None):
+            check_output_path(path, flag)  # on every rank: same verdict on a shared FS
         limit = _memory_limit(memory_mode, ranks_on_node)
         the_plan, source = _choose_grid(spec, args.grid, size, limit)
         validate_run(spec, the_plan.grid, size)
