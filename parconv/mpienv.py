@@ -1,4 +1,5 @@
-"""Finding and driving the MPI launcher, and SLURM helpers (no MPI import).
+"""Finding and driving the MPI launcher, SLURM helpers, and what a rank can learn from
+its environment without MPI (its rank, the ranks on its node, the memory they have).
 
 Used by ``launch/parconv-launch`` (build an ``mpiexec``/``mpirun``/``srun`` command
 with sensible binding) and by the runtime at start-up (:func:`check_world_size`: some
@@ -11,6 +12,11 @@ Launcher search order (:func:`find_launcher`):
    PyPI ``mpich`` package);
 3. the system ``mpiexec``, then ``mpirun`` on ``PATH``;
 4. ``srun`` when inside a SLURM job (``SLURM_JOB_ID`` set).
+
+Without importing MPI, :func:`launcher_rank` reads this process's rank from the
+launcher's variables (to print argument errors once, before MPI starts),
+:func:`local_ranks` the number of ranks on this node, and :func:`default_memory_limit`
+the memory each of them really has (``parconv run``'s default ``--memory``).
 
 The implementation (:func:`detect_implementation`: ``hydra`` for MPICH / Intel MPI,
 ``openmpi``, ``slurm`` for ``srun``, or ``unknown``) is read from ``--version`` and
@@ -27,6 +33,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 IMPLEMENTATIONS = ("hydra", "openmpi", "slurm", "unknown")
 
@@ -234,3 +241,230 @@ def launch_command(launcher: Launcher, nprocs: int, program: Sequence[str],
     else:
         cmd += ["-n", str(nprocs)]
     return cmd + binding_flags(launcher.impl, nprocs, cores) + list(program)
+
+
+# -- rank, ranks per node and memory, from the environment (no MPI import) ----------------
+
+#: Variables that give this process's rank in the job, the process manager's first.
+RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK",
+             "SLURM_PROCID")
+
+#: Variables that give the number of ranks on this node (process managers' own).
+LOCAL_SIZE_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE")
+
+#: SLURM's tasks-per-node variables, the step's first (``2(x3),1`` lists are allowed).
+SLURM_TASKS_PER_NODE_VARS = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE",
+                             "SLURM_TASKS_PER_NODE")
+
+
+def launcher_rank(env: Mapping[str, str] | None = None) -> int | None:
+    """This process's rank as its launcher set it (:data:`RANK_VARS`, first one set), or
+    None when no launcher variable says (a plain ``python``/``parconv`` start).
+
+    Reads the environment only: usable before MPI is imported, e.g. to print an
+    argument error on rank 0 only. A malformed value counts as unset.
+    """
+    e = _env(env)
+    for name in RANK_VARS:
+        try:
+            return int(e.get(name, "").strip())
+        except ValueError:
+            continue
+    return None
+
+
+def is_rank_zero(env: Mapping[str, str] | None = None) -> bool:
+    """True unless a launcher variable says this process is not rank 0 (the one process
+    that prints refusals)."""
+    return launcher_rank(env) in (None, 0)
+
+
+def _max_tasks_per_node(text: str) -> int:
+    """Largest count in a SLURM tasks-per-node list such as ``2(x3),1`` or ``4``."""
+    counts = []
+    for item in text.split(","):
+        head = item.split("(")[0].strip()
+        counts.append(int(head))
+    if not counts or min(counts) <= 0:
+        raise ValueError(text)
+    return max(counts)
+
+
+def local_ranks(env: Mapping[str, str] | None = None) -> tuple[int, str] | None:
+    """Number of ranks on this node and the variable that says so, or None.
+
+    The process manager's variable wins (:data:`LOCAL_SIZE_VARS`: MPICH/Intel hydra's
+    ``MPI_LOCALNRANKS``, Open MPI's ``OMPI_COMM_WORLD_LOCAL_SIZE``, MVAPICH's), then,
+    inside a SLURM job, :data:`SLURM_TASKS_PER_NODE_VARS` (the largest count over the
+    nodes of a list like ``2(x3),1``: the most crowded node). Malformed values are skipped.
+    """
+    e = _env(env)
+    for name in LOCAL_SIZE_VARS:
+        try:
+            n = int(e.get(name, "").strip())
+        except ValueError:
+            continue
+        if n > 0:
+            return n, name
+    if in_slurm_job(e):
+        for name in SLURM_TASKS_PER_NODE_VARS:
+            try:
+                return _max_tasks_per_node(e.get(name, "")), name
+            except ValueError:
+                continue
+    return None
+
+
+def meminfo_available_bytes(path: str | Path = "/proc/meminfo") -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None when unreadable)."""
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                parts = line.split()
+                scale = 1024 if len(parts) > 2 and parts[2].lower() == "kb" else 1
+                return int(parts[1]) * scale
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return None  # "max" (cgroup v2: no limit)
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    try:
+        for line in stat.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+#: cgroup v1 reports "no limit" as a huge page-rounded number; anything above is none.
+_NO_LIMIT = 1 << 60
+
+
+def cgroup_available_bytes(cgroup_root: str | Path = "/sys/fs/cgroup",
+                           proc_cgroup: str | Path = "/proc/self/cgroup") -> tuple[int, str] | None:
+    """Memory this process's cgroup still allows, and the file that limits it, or None.
+
+    For every level from this process's cgroup up to the hierarchy's root that has a
+    limit (cgroup v2 ``memory.max``, v1 ``memory.limit_in_bytes``), the limit minus the
+    usage (``memory.current`` / ``memory.usage_in_bytes``) plus the reclaimable page
+    cache (``inactive_file`` of ``memory.stat``); the least over the levels.
+    """
+    root = Path(cgroup_root)
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return None
+    dirs: list[tuple[Path, str, str, str]] = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, rel = parts
+        rel = rel.strip().lstrip("/")
+        if controllers == "":  # v2 (unified) hierarchy
+            for base in (root, root / "unified"):
+                dirs.append((base, rel, "memory.max", "memory.current"))
+        elif "memory" in controllers.split(","):
+            dirs.append((root / "memory", rel, "memory.limit_in_bytes", "memory.usage_in_bytes"))
+    best: tuple[int, str] | None = None
+    for base, rel, limit_name, usage_name in dirs:
+        stat_key = "inactive_file" if limit_name == "memory.max" else "total_inactive_file"
+        d = base / rel
+        while True:
+            limit = _read_int(d / limit_name)
+            if limit is not None and 0 < limit < _NO_LIMIT:
+                used = _read_int(d / usage_name) or 0
+                free = max(0, limit - max(0, used - _inactive_file(d / "memory.stat", stat_key)))
+                if best is None or free < best[0]:
+                    best = (free, str(d / limit_name))
+            if d == base or base not in d.parents:
+                break
+            d = d.parent
+    return best
+
+
+@dataclass(frozen=True)
+class MemoryLimit:
+    """A per-rank memory limit and where it comes from.
+
+    Attributes
+    ----------
+    bytes : the limit in bytes, or None for no limit.
+    source : how it was obtained, in words (printed in ``parconv run``'s header).
+    """
+
+    bytes: int | None
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"bytes": self.bytes, "source": self.source}
+
+
+def default_memory_limit(ranks_on_node: tuple[int, str], env: Mapping[str, str] | None = None,
+                         meminfo: str | Path = "/proc/meminfo",
+                         cgroup_root: str | Path = "/sys/fs/cgroup",
+                         proc_cgroup: str | Path = "/proc/self/cgroup") -> MemoryLimit:
+    """The memory one rank really has: the least of
+
+    * the node's available memory (``MemAvailable``, or what this process's cgroup still
+      allows when that is less) divided by the ranks on the node;
+    * inside a SLURM job, ``SLURM_MEM_PER_CPU`` × ``SLURM_CPUS_PER_TASK`` (default 1),
+      else ``SLURM_MEM_PER_NODE`` ÷ the ranks on the node (SLURM gives MiB; 0 means the
+      whole node and is ignored).
+
+    Parameters
+    ----------
+    ranks_on_node : (count, how it is known), e.g. from :func:`local_ranks`.
+    env, meminfo, cgroup_root, proc_cgroup : where to read (tests pass fakes).
+
+    Returns
+    -------
+    MemoryLimit
+        ``bytes`` None when nothing could be read (then there is no limit).
+    """
+    from .units import format_bytes
+
+    e = _env(env)
+    n, n_src = ranks_on_node
+    n = max(1, int(n))
+    per_node = f"{n} rank{'s' if n != 1 else ''} on the node ({n_src})"
+    figures: list[tuple[int, str]] = []
+    avail = meminfo_available_bytes(meminfo)
+    cg = cgroup_available_bytes(cgroup_root, proc_cgroup)
+    if cg is not None and (avail is None or cg[0] < avail):
+        figures.append((cg[0] // n, f"cgroup allows {format_bytes(cg[0])} more ({cg[1]}) / "
+                                    f"{per_node}"))
+    elif avail is not None:
+        figures.append((avail // n, f"MemAvailable {format_bytes(avail)} / {per_node}"))
+    if in_slurm_job(e):
+        mib = 1 << 20
+        try:
+            per_cpu = _int_env(e, "SLURM_MEM_PER_CPU")
+            cpus = _int_env(e, "SLURM_CPUS_PER_TASK")
+            per_node_mem = _int_env(e, "SLURM_MEM_PER_NODE")
+        except WorldSizeError:
+            per_cpu = cpus = per_node_mem = None
+        if per_cpu is not None and per_cpu[0] > 0:
+            c = cpus[0] if cpus is not None and cpus[0] > 0 else 1
+            figures.append((per_cpu[0] * c * mib, f"SLURM_MEM_PER_CPU {per_cpu[0]} MiB x {c} "
+                                                  f"cpu{'s' if c != 1 else ''} per task"))
+        elif per_node_mem is not None and per_node_mem[0] > 0:
+            figures.append((per_node_mem[0] * mib // n,
+                            f"SLURM_MEM_PER_NODE {per_node_mem[0]} MiB / {per_node}"))
+    if not figures:
+        return MemoryLimit(None, "none (no MemAvailable, cgroup or SLURM memory figure found)")
+    return MemoryLimit(*min(figures, key=lambda f: f[0]))

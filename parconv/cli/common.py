@@ -74,6 +74,14 @@ def spec_from_args(args: argparse.Namespace) -> ConvSpec:
     if args.layer and any(v is not None for v in shape_flags):
         raise ValueError("give either --layer or the shape flags (--in-channels ...), not both")
     if args.layer or not any(v is not None for v in shape_flags):
+        geometry = [f for f, v in (("--kernel", args.kernel), ("--stride", args.stride),
+                                   ("--padding", args.padding), ("--dilation", args.dilation))
+                    if v is not None]
+        if geometry:  # would be ignored: a built-in layer has its own geometry
+            verb = "applies" if len(geometry) == 1 else "apply"
+            raise ValueError(f"{', '.join(geometry)} {verb} to an explicit shape only: give "
+                             "--in-channels, --out-channels and --input too (a built-in "
+                             "--layer has its own kernel, stride, padding and dilation)")
         return layer(args.layer or DEFAULT_LAYER, args.batch, precision)
     missing = [f for f, v in zip(("--in-channels", "--out-channels", "--input"), shape_flags) if v is None]
     if missing:

@@ -1,22 +1,24 @@
 """``parconv run``: run one layer under MPI on a planned grid, counting every byte.
 
 Usage: ``mpiexec -n P parconv run --layer resnet50/layer3.1.conv2 --batch 4 --verify``.
-Every rank validates the arguments before any communication (one message from rank
-0 and exit status 2 on bad input); an exception on any rank during the run aborts the
-whole job (``rank R failed: ...``, exit status non-zero).
+Every rank validates the arguments, the memory the layer needs and the output paths
+before any data moves (one message from rank 0 and exit status 2 on every rank on bad
+input); an exception on any rank during the run aborts the whole job (``rank R failed:
+...``, exit status non-zero).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
+from ..mpienv import MemoryLimit
 from .common import (
     add_layer_args,
     add_memory_arg,
     emit_json,
-    memory_from_args,
     spec_from_args,
     table,
 )
@@ -31,7 +33,11 @@ def register(sub) -> None:
     p.add_argument("--grid", default="auto",
                    help="processor grid BxKxCxHxW (product = number of MPI ranks), or 'auto' "
                         "for the planner's grid")
-    add_memory_arg(p, help_="per-rank memory limit the grid must fit, e.g. 64MiB")
+    add_memory_arg(p, default="auto",
+                   help_="per-rank memory limit the grid must fit (the plan's peak bytes per "
+                         "rank), e.g. 64MiB; 'auto': the memory the ranks really have (the "
+                         "node's available memory / ranks on the node, or less under a cgroup "
+                         "or SLURM memory limit); 'none': no check")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the global input and filter (each rank generates its own blocks)")
     p.add_argument("--verify", action="store_true",
@@ -41,7 +47,9 @@ def register(sub) -> None:
                    help="write the report as JSON to FILE (the table still goes to stdout), or "
                         "to stdout instead of the table when no FILE is given")
     p.add_argument("--save", metavar="FILE.npz",
-                   help="save the gathered global input, weight and output on rank 0")
+                   help="save the gathered global input, weight and output on rank 0 "
+                        "(bfloat16 arrays as exact float32 plus a NAME.dtype entry; "
+                        "parconv.io.load_npz restores bfloat16)")
     p.add_argument("--offload", choices=["none", "gemmini"], default="none",
                    help="local compute on a modelled Gemmini (int8/uint8 presets only): reports "
                         "each node's modelled cycles and DRAM bytes beside its network bytes")
@@ -84,45 +92,137 @@ def _pid_table(pids: list[tuple[int, str]] | None) -> str:
     return " ".join(parts)
 
 
-def _choose_grid(spec, text: str, procs: int, memory: int | None):
+def _memory_mode(text: str) -> int | str | None:
+    """``--memory``: bytes, ``"auto"`` or None (``none``: no limit)."""
+    from ..units import parse_bytes
+
+    t = str(text).strip().lower()
+    if t in ("none", "off", "unlimited"):
+        return None
+    return "auto" if t == "auto" else parse_bytes(text)
+
+
+def _memory_limit(mode: int | str | None, ranks_on_node: tuple[int, str] | None) -> MemoryLimit:
+    from ..mpienv import default_memory_limit
+
+    if mode is None:
+        return MemoryLimit(None, "none (--memory none)")
+    if mode == "auto":
+        return default_memory_limit(ranks_on_node or (1, "assumed"))
+    return MemoryLimit(int(mode), "--memory")
+
+
+def _limit_text(limit: MemoryLimit) -> str:
+    from ..units import format_bytes
+
+    figure = f"{format_bytes(limit.bytes)} ({limit.bytes} B)"
+    if limit.source == "--memory":
+        return f"--memory {figure}"
+    return (f"the memory limit {figure} = {limit.source} (set --memory SIZE to change it, "
+            f"--memory none to skip the check)")
+
+
+def _choose_grid(spec, text: str, procs: int, limit: MemoryLimit):
+    """(plan, "auto" | "explicit"); the plan's peak memory per rank must fit ``limit``."""
     from ..partition import Grid
-    from ..plan import plan, plan_for_grid
+    from ..plan import candidate_grids, min_memory_grid, plan, plan_for_grid
+    from ..runtime.errors import RunInputError, validate_run
+    from ..units import format_bytes
 
     if text.strip().lower() == "auto":
-        return plan(spec, procs, memory), "auto"
+        try:
+            return plan(spec, procs, limit.bytes), "auto"
+        except ValueError:
+            if limit.bytes is None or not candidate_grids(spec, procs):
+                raise
+            g, need = min_memory_grid(spec, procs)
+            raise RunInputError(f"no grid of {procs} ranks fits: the least planned peak memory "
+                                f"per rank is {format_bytes(need)} ({need} B, grid {g}), more "
+                                f"than {_limit_text(limit)}") from None
     grid = Grid.parse(text)
-    from ..runtime.errors import validate_run
+    validate_run(spec, grid, procs)
+    the_plan = plan_for_grid(spec, grid)
+    need = the_plan.max_rank_memory_bytes
+    if limit.bytes is not None and need > limit.bytes:
+        raise RunInputError(f"grid {grid} needs {format_bytes(need)} ({need} B) per rank "
+                            f"(planned peak), more than {_limit_text(limit)}")
+    return dataclasses.replace(the_plan, memory_limit_bytes=limit.bytes), "explicit"
 
-    validate_run(spec, grid, procs, memory)
-    return plan_for_grid(spec, grid, memory), "explicit"
+
+def _ranks_on_node(comm) -> tuple[int, str]:
+    """Ranks on this node: the launcher's variables, else the size of the MPI
+    shared-memory communicator (a collective every rank reaches before any data moves)."""
+    from mpi4py import MPI
+
+    from ..mpienv import local_ranks
+
+    found = local_ranks()
+    if found is not None or comm.Get_size() == 1:
+        return found or (1, "one rank")
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    try:
+        return node.Get_size(), "MPI shared-memory communicator"
+    finally:
+        node.Free()
+
+
+def _warm_kernel(spec) -> float:
+    """Compile (or load from the numba cache) the local kernel for the layer's input and
+    filter dtypes; seconds taken (reported as ``compile s``, outside ``compute s``)."""
+    from ..dtypes import numpy_dtype
+    from ..kernels import warmup
+
+    p = spec.precision
+    return warmup([(numpy_dtype(p.input), numpy_dtype(p.filter))])
 
 
 def run_command(args: argparse.Namespace) -> int:
     from mpi4py import MPI
 
+    from ..io import check_output_path, npz_path, save_npz
+    from ..mpienv import is_rank_zero
     from ..runtime.errors import abort_on_exception, check_slurm, fault_point, validate_run
     from ..runtime.offload import check_offload, gemmini_local_compute
+    from ..units import format_bytes
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
+    # refusals are printed once: by rank 0, and when N processes each came up as "rank 0 of
+    # 1" (a launcher/MPI mismatch), only by the one the launcher calls rank 0
+    speaker = rank == 0 and (size > 1 or is_rank_zero())
+
+    def refuse(exc: Exception) -> int:
+        if speaker:
+            print(f"parconv run: error: {exc}", file=sys.stderr, flush=True)
+        return 2
 
     def say(msg: str) -> None:
         if rank == 0 and not args.quiet:  # keep stdout pure JSON with --json alone
             print(f"[parconv run] {msg}", flush=True,
                   file=sys.stderr if args.json == "-" else sys.stdout)
 
-    # -- validation: same arguments, same decision on every rank, no communication ----
+    # -- validation: same arguments, same decision on every rank, no data moved ----------
     try:
         check_slurm(size)
+        memory_mode = _memory_mode(args.memory)
+    except (ValueError, OverflowError) as exc:
+        return refuse(exc)
+    # every rank gets here; the only collective before the run, and only when the
+    # launcher does not say how many ranks share this node
+    ranks_on_node = _ranks_on_node(comm) if memory_mode == "auto" else None
+    save_path = npz_path(args.save) if args.save else None
+    try:
         spec = spec_from_args(args)
-        memory = memory_from_args(args)
-        the_plan, source = _choose_grid(spec, args.grid, size, memory)
-        validate_run(spec, the_plan.grid, size, memory)
+        outputs = [("--json", None if args.json in (None, "-") else args.json),
+                   ("--save", args.save), ("--save", save_path and str(save_path))]
+        for flag, path in dict.fromkeys(o for o in outputs if o[1] is not None):
+            check_output_path(path, flag)  # on every rank: same verdict on a shared FS
+        limit = _memory_limit(memory_mode, ranks_on_node)
+        the_plan, source = _choose_grid(spec, args.grid, size, limit)
+        validate_run(spec, the_plan.grid, size)
         check_offload(spec, args.offload)
     except (ValueError, OverflowError) as exc:
-        if rank == 0:
-            print(f"parconv run: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return refuse(exc)
 
     grid = the_plan.grid
     if args.timeout is not None:  # every collective below under the deadline
@@ -134,9 +234,14 @@ def run_command(args: argparse.Namespace) -> int:
         say(f"{size} ranks, grid {grid} (b x k x c x h x w, {source})")
         if not args.quiet:  # maps the PID of a launcher's "BAD TERMINATION" to a rank
             say(f"process ids: {_pid_table(comm.gather(_pid_host(), root=0))}")
+        need = the_plan.max_rank_memory_bytes
+        say(f"memory per rank: planned peak {format_bytes(need)}, limit "
+            + (f"{format_bytes(limit.bytes)} ({limit.source})" if limit.bytes is not None
+               else limit.source))
         from ..runtime.api import conv2d_distributed, gather_blocks, seeded_operands_local
 
         fault_point("setup", rank)
+        compile_s = _warm_kernel(spec) if args.offload == "none" else 0.0
         x, w = seeded_operands_local(spec, grid, rank, args.seed)
         say("running: input allgather, halo exchange, filter allgather, local convolution, "
             "output reduce-scatter")
@@ -146,7 +251,7 @@ def run_command(args: argparse.Namespace) -> int:
         res = conv2d_distributed(spec, grid, x, w, comm, local_compute=local,
                                  timeout=args.timeout)
         wall = time.perf_counter() - t0
-        entry = _rank_entry(res, wall)
+        entry = _rank_entry(res, wall, compile_s)
         entries = comm.gather(entry, root=0)
         verdict = None
         if args.verify or args.save:
@@ -155,10 +260,8 @@ def run_command(args: argparse.Namespace) -> int:
             wg = gather_blocks(spec, grid, "filter", w, comm)
             og = gather_blocks(spec, grid, "output", res.output, comm)
             if rank == 0 and args.save:
-                import numpy as np
-
-                np.savez(args.save, input=xg, weight=wg, output=og)
-                say(f"saved input, weight, output to {args.save}")
+                save_npz(save_path, input=xg, weight=wg, output=og)
+                say(f"saved input, weight, output to {save_path}")
             if args.verify:
                 say("verifying against parconv.reference")
                 if rank == 0:
@@ -168,14 +271,14 @@ def run_command(args: argparse.Namespace) -> int:
             del xg, wg, og
         ok = comm.bcast(None if verdict is None else verdict.ok, root=0)
         if rank == 0:
-            _report(args, spec, the_plan, source, entries, verdict)
+            _report(args, spec, the_plan, source, entries, verdict, limit)
             if verdict is not None and not verdict.ok:
                 print(f"parconv run: error: verification failed: {verdict.message}",
                       file=sys.stderr, flush=True)
     return 0 if ok in (None, True) else 1
 
 
-def _rank_entry(res, wall: float) -> dict:
+def _rank_entry(res, wall: float, compile_s: float) -> dict:
     planned = res.planned
     measured = res.measured
     ops = {op: {"recv_bytes": measured[op][0], "send_bytes": measured[op][1],
@@ -190,11 +293,12 @@ def _rank_entry(res, wall: float) -> dict:
         "planned_recv_bytes": s.recv_bytes, "planned_send_bytes": s.send_bytes,
         "operations": ops,
         "phase_seconds": dict(res.stats.seconds), "wall_seconds": wall,
+        "compile_seconds": compile_s,
         "gemmini": res.stats.extra.get("gemmini"),
     }
 
 
-def _report(args, spec, the_plan, source, entries, verdict) -> None:
+def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) -> None:
     from ..units import format_bytes
 
     rv = the_plan.rank_volumes()
@@ -220,6 +324,8 @@ def _report(args, spec, the_plan, source, entries, verdict) -> None:
         "ratio_to_bound": (max_traffic / lb) if lb else None,
         "recv_ratio_grid_family": (max_recv / lb) if lb else None,
         "measured_equals_planned": match,
+        "planned_max_rank_memory_bytes": the_plan.max_rank_memory_bytes,
+        "memory_limit": limit.as_dict(),
         "verify": None if verdict is None else {"ok": verdict.ok, "message": verdict.message,
                                                  "max_abs_error": verdict.max_abs_error,
                                                  "worst_error_over_tolerance": verdict.worst_ratio},
@@ -241,11 +347,12 @@ def _report(args, spec, the_plan, source, entries, verdict) -> None:
                      e["recv_bytes"], e["planned_recv_bytes"], e["send_bytes"],
                      "yes" if e["recv_bytes"] == e["planned_recv_bytes"]
                      and e["send_bytes"] == e["planned_send_bytes"] else "NO",
-                     f"{e['phase_seconds'].get('compute', 0.0):.3f}", f"{e['wall_seconds']:.3f}"])
+                     f"{e['compile_seconds']:.3f}", f"{e['phase_seconds'].get('compute', 0.0):.3f}",
+                     f"{e['wall_seconds']:.3f}"])
         if e["gemmini"]:
             rows[-1] += [e["gemmini"]["cycles"], e["gemmini"]["dram_bytes"]]
     header = ["rank", "b,k,c,h,w", *(f"{s} recv" for s in short.values()), "recv B",
-              "planned recv", "send B", "match", "compute s", "wall s"]
+              "planned recv", "send B", "match", "compile s", "compute s", "wall s"]
     if entries[0]["gemmini"]:
         header += ["gemmini cycles", "gemmini DRAM B"]
     print(table(rows, header))
