@@ -42,7 +42,8 @@ from .spec import ConvSpec
 __all__ = [
     "Bound", "max_iterations", "vstar", "compulsory_bits", "sequential_bound",
     "parallel_memory_dependent_bound", "parallel_memory_independent_bound",
-    "min_footprint_cost", "waterfill", "owned_bits", "real_iterations",
+    "min_footprint_cost", "waterfill", "owned_bits", "real_iterations", "pass_bounds",
+    "step_bounds", "step_compulsory_bits", "step_owned_bits",
 ]
 
 #: Relative margin by which the numerically minimised footprint cost is shrunk (so it is a
@@ -127,11 +128,16 @@ def _solve(c: Counts, v: np.ndarray):
     return g[rows, j], np.exp(u[rows, j]), f[rows, j], o[rows, j]
 
 
-def min_footprint_cost(spec: ConvSpec, v) -> np.ndarray | float:
+def min_footprint_cost(spec: ConvSpec, v, *, pass_: str = "forward") -> np.ndarray | float:
     """Lower bound (in bits) on ``min p_I·I + p_F·F + p_O·O`` over footprints that admit
     ``v`` real iterations under (I1)-(I3) and the box limits; ``inf`` for v > G_real,
-    0 for v <= 0. Vectorised over ``v``."""
-    c = counts(spec)
+    0 for v <= 0. Vectorised over ``v``. ``pass_`` selects the per-projection weights
+    (``forward``, ``dgrad``, ``wgrad``; :mod:`parconv.passes`)."""
+    return _min_cost(counts(spec, pass_), v)
+
+
+def _min_cost(c: Counts, v) -> np.ndarray | float:
+    """:func:`min_footprint_cost` for given counts."""
     varr = np.atleast_1d(np.asarray(v, dtype=float))
     out = np.zeros_like(varr)
     ok = (varr > 0) & (varr <= c.g_real)
@@ -141,23 +147,23 @@ def min_footprint_cost(spec: ConvSpec, v) -> np.ndarray | float:
     return float(out[0]) if np.ndim(v) == 0 else out
 
 
-def vstar(spec: ConvSpec, z_bits: float) -> float:
+def vstar(spec: ConvSpec, z_bits: float, *, pass_: str = "forward") -> float:
     """V*(Z): an upper bound on the number of real iterations any set of iterations with
     weighted footprint ``p_I·I + p_F·F + p_O·O <= Z`` (bits) can perform (THEORY.md §3).
 
     Found by bracketing log v of the (strictly increasing) minimum footprint cost; the
     returned v always has ``min_footprint_cost(v) > Z``, so it over-estimates V*.
     """
-    c = counts(spec)
+    c = counts(spec, pass_)
     if z_bits <= 0:
         return 0.0
-    if min_footprint_cost(spec, float(c.g_real)) <= z_bits:
+    if _min_cost(c, float(c.g_real)) <= z_bits:
         return float(c.g_real)
     # bracket [lo, hi] in log v with cost(e^lo) <= Z < cost(e^hi); zoom with vector grids
     lo, hi = -60.0, math.log(c.g_real)
     while hi - lo > 1e-13 * max(1.0, abs(hi)):
         u = np.linspace(lo, hi, 65)
-        ok = min_footprint_cost(spec, np.exp(u)) <= z_bits
+        ok = _min_cost(c, np.exp(u)) <= z_bits
         j = int(np.argmin(ok)) if not ok.all() else 64   # first v whose cost exceeds Z
         lo_new, hi_new = u[max(j - 1, 0)], u[j]
         if (lo_new, hi_new) == (lo, hi):
@@ -166,11 +172,17 @@ def vstar(spec: ConvSpec, z_bits: float) -> float:
     return math.exp(hi)
 
 
-def compulsory_bits(spec: ConvSpec) -> int:
-    """X_comp: every used input and filter element loaded once, every output stored once
-    (``p_I·|In_used| + p_F·|F_used| + min(p_accum, p_output)·|Out|``)."""
-    c = counts(spec)
-    return int(c.p_in * c.in_used + c.p_filter * c.filter_used + c.p_out * c.out_total)
+def compulsory_bits(spec: ConvSpec, *, pass_: str = "forward") -> int:
+    """X_comp: every used element of the two read arrays loaded once, every element of the
+    accumulated array stored once (forward: ``p_I·|In_used| + p_F·|F_used| +
+    min(p_accum, p_output)·|Out|``; dgrad: ``p_dOut·|Out_used| + p_F·|F_used| + w_dIn·|In|``;
+    wgrad: ``p_I·|In_used| + p_dOut·|Out_used| + w_dF·|F|``)."""
+    return int(_compulsory(counts(spec, pass_)))
+
+
+def _compulsory(c: Counts) -> float:
+    return sum(c.weight(j) * (c.total(j) if j == c.accumulated else c.used(j))
+               for j in ("input", "filter", "output"))
 
 
 def _tight(spec: ConvSpec, v: float, i: float, f: float, o: float) -> list[str]:
@@ -179,10 +191,9 @@ def _tight(spec: ConvSpec, v: float, i: float, f: float, o: float) -> list[str]:
     return [n for n in NAMES if float(vals[n]) <= v * (1 + 1e-6)]
 
 
-def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float, resident: float = 2.0):
+def _segment_bound(c: Counts, g_work: float, m_bits: float, resident: float = 2.0):
     """sup over T of (T - p_max)·(g_work / V*(r·M + T) - 1) with r = ``resident``,
     parametrised by v = V*: T = cost(v) - r·M. Returns (bits, v, T, footprint)."""
-    c = counts(spec)
     if g_work <= 0:
         return 0.0, 0.0, 0.0, (0.0, 0.0, 0.0)
     vmax = min(float(c.g_real), g_work)
@@ -193,7 +204,7 @@ def _segment_bound(spec: ConvSpec, g_work: float, m_bits: float, resident: float
         vs = vs[(vs > 0) & (vs <= vmax)]
         if vs.size == 0:
             return
-        cost = min_footprint_cost(spec, vs)
+        cost = _min_cost(c, vs)
         t = cost - resident * m_bits
         val = np.where(t > c.p_max, (t - c.p_max) * (g_work / vs - 1.0), -math.inf)
         k = int(np.argmax(val))
@@ -290,7 +301,8 @@ def _check_procs(procs: int) -> int:
     return int(procs)
 
 
-def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool = False) -> Bound:
+def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool = False,
+                     pass_: str = "forward") -> Bound:
     """Single processor with a fast memory of ``memory_bytes`` (THEORY.md §3):
     ``max(X_comp, sup_T (T − p_max)·(G_real/V*(2M+T) − 1))`` bits moved between slow and
     fast memory (loads + stores), and the same with the stride-class inequality (I1w).
@@ -303,7 +315,10 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool 
         accumulation chain (one partial sum at a time, created at its first update; no
         independently created partial sums merged later). Every box tiling with any
         tile-loop order is such a schedule. Whether the restriction loses generality is
-        **open**; the default bound makes no such assumption.
+        **open**; the default bound makes no such assumption. (For dgrad/wgrad read
+        "output" as the accumulated array dIn/dF.)
+    pass_:
+        ``forward`` (default), ``dgrad`` or ``wgrad`` (:mod:`parconv.passes`).
 
     Raises
     ------
@@ -311,10 +326,10 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool 
         If ``memory_bytes`` is not positive.
     """
     m = _check_memory(memory_bytes)
-    c = counts(spec)
+    c = counts(spec, pass_)
     r = 1.0 if single_chain else 2.0
-    xc = float(compulsory_bits(spec))
-    seg, v, t, (i, f, o) = _segment_bound(spec, float(c.g_real), m, r)
+    xc = float(int(_compulsory(c)))
+    seg, v, t, (i, f, o) = _segment_bound(c, float(c.g_real), m, r)
     gw = weighted_work(spec)
     segw, tw = _weighted_segment_bound(c, gw, m, r)
     details = {
@@ -334,7 +349,8 @@ def sequential_bound(spec: ConvSpec, memory_bytes: float, *, single_chain: bool 
     return Bound(xc, "compulsory", xc <= 0, details)
 
 
-def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: float) -> Bound:
+def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: float, *,
+                                    pass_: str = "forward") -> Bound:
     """P processors with ``memory_bytes`` each (THEORY.md §5): the segment bound of §3 for
     the busiest processor, which performs at least G_real/P real iterations. No
     compulsory term (a processor may own its data).
@@ -346,6 +362,7 @@ def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: fl
     (``details["network_only"]``). When that fails (e.g. M read as a cache size), no
     one-level execution exists, the bound says nothing about network bytes alone, and
     ``binding`` says so: the data-parallel grid can move less over the network.
+    ``pass_`` selects the training pass (read arrays and the delivered one swap roles).
 
     Raises
     ------
@@ -354,13 +371,15 @@ def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: fl
     """
     p = _check_procs(procs)
     m = _check_memory(memory_bytes)
-    c = counts(spec)
+    c = counts(spec, pass_)
     g_work = c.g_real / p
-    seg, v, t, (i, f, o) = _segment_bound(spec, g_work, m)
+    seg, v, t, (i, f, o) = _segment_bound(c, g_work, m)
     gw = weighted_work(spec) / p
     segw, tw = _weighted_segment_bound(c, gw, m)
-    network_only = p * m >= max(c.p_in * c.in_total + c.p_filter * c.filter_total,
-                                c.p_output * c.out_total)
+    network_only = p * m >= max(sum(c.weight(j) * c.total(j) for j in ("input", "filter",
+                                                                       "output")
+                                    if j != c.accumulated),
+                                c.p_output * c.total(c.accumulated))
     details = {"memory_bits": m, "procs": p, "iterations_per_proc": g_work, "T_bits": t,
                "vstar": v, "footprint": {"I": i, "F": f, "O": o}, "rho": c.rho,
                "closed_form_I1_bits": _closed_form_i1(c, g_work, m), "segment_bits": seg,
@@ -376,7 +395,7 @@ def parallel_memory_dependent_bound(spec: ConvSpec, procs: int, memory_bytes: fl
     return Bound(seg, label, seg <= 0, details)
 
 
-def waterfill(spec: ConvSpec, procs: int) -> dict:
+def waterfill(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> dict:
     """The (I1)+(I2) water-filling of THEORY.md §5 for G_real/P iterations.
 
     Returns
@@ -386,7 +405,7 @@ def waterfill(spec: ConvSpec, procs: int) -> dict:
         ``regime`` ("3D": no floor binds, "2D": one, "1D": two) and ``total`` (bits).
     """
     p = _check_procs(procs)
-    c = counts(spec)
+    c = counts(spec, pass_)
     g = c.g_real / p
     if g <= 0:
         return {"y_I": 0.0, "y_F": 0.0, "y_O": 0.0, "c_I": 0.0, "c_F": 0.0, "c_O": 0.0,
@@ -409,16 +428,17 @@ def waterfill(spec: ConvSpec, procs: int) -> dict:
             "regime": ("3D", "2D", "1D")[nbind], "total": y["I"] + y["F"] + y["O"]}
 
 
-def owned_bits(spec: ConvSpec, procs: int) -> float:
+def owned_bits(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> float:
     """The most one processor owns under an even initial/final distribution:
     ``p_I·⌈|In|/P⌉ + p_F·⌈|F|/P⌉ + p_O·⌈|Out|/P⌉`` (full arrays: the conservative share)."""
     p = _check_procs(procs)
-    c = counts(spec)
+    c = counts(spec, pass_)
     return (c.p_in * -(-c.in_total // p) + c.p_filter * -(-c.filter_total // p)
             + c.p_out * -(-c.out_total // p))
 
 
-def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
+def parallel_memory_independent_bound(spec: ConvSpec, procs: int, *,
+                                      pass_: str = "forward") -> Bound:
     """Memory-independent bound for P processors (THEORY.md §5): the busiest processor
     performs >= G_real/P real iterations, so it touches footprints costing at least the
     minimum footprint cost, of which it owns at most :func:`owned_bits`; the rest it must
@@ -428,6 +448,7 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
     water-filling uses (I1)+(I2) only; the full solver adds (I3) and the box limits
     (i <= |In_used|, ...), so it is >= the water-filling and also valid.
     ``details`` has ``y_I, y_F, y_O`` (bits), ``lambda``, ``regime``, ``owned_bits``.
+    ``pass_`` selects the training pass (``I, F, O`` are then the projections).
 
     Raises
     ------
@@ -435,14 +456,14 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
         If ``procs`` is not a positive integer.
     """
     p = _check_procs(procs)
-    c = counts(spec)
-    wf = waterfill(spec, p)
+    c = counts(spec, pass_)
+    wf = waterfill(spec, p, pass_=pass_)
     g = c.g_real / p
-    full = float(min_footprint_cost(spec, g))
+    full = float(_min_cost(c, g))
     i, f, o = (np.zeros(1),) * 3
     if g > 0:
         _, i, f, o = _solve(c, np.array([g]))
-    owned = owned_bits(spec, p)
+    owned = owned_bits(spec, p, pass_=pass_)
     gw = weighted_work(spec) / p
     need_w = _min_sum_for_product(c.p_in * c.p_filter * c.p_out * gw * gw, _caps_bits(c)) \
         if gw > 0 else 0.0
@@ -460,3 +481,261 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int) -> Bound:
                     "footprint": {"I": float(i[0]), "F": float(f[0]), "O": float(o[0])},
                     "rho": c.rho})
     return Bound(bits, binding, bits <= 0, details)
+
+
+# --------------------------------------------------------------------------------------
+# training passes and the training step (THEORY.md §7; docs/theory.md §8)
+# --------------------------------------------------------------------------------------
+#: Names of the union inequalities of a training step (docs/theory.md §8).
+U_IN = "U: v_f+v_d+v_w <= sqrt(rho*(2I+dI)*(F+dF)*(O+dO))"
+U_FILTER = "U: v_f+v_d+v_w <= sqrt(rho*(I+dI)*(2F+dF)*(O+dO))"
+U_OUTPUT = "U: v_f+v_d+v_w <= sqrt(rho*(I+dI)*(F+dF)*(2dO+O))"
+
+
+def pass_bounds(spec: ConvSpec, pass_: str, procs: int = 1,
+                memory_bytes: float = 256 * 1024) -> dict:
+    """All lower bounds of one training pass, or of a training step.
+
+    Parameters
+    ----------
+    spec:
+        The layer; ``spec.precision`` is the *forward* precision (for training use
+        ``training_precision(name).forward_precision``, :mod:`parconv.passes`).
+    pass_:
+        ``forward``, ``dgrad``, ``wgrad`` or ``step``.
+    procs, memory_bytes:
+        Processors and memory per processor (bytes; the fast memory when ``procs == 1``).
+
+    Returns
+    -------
+    dict
+        For one pass: ``{"pass", "precision" (PassPrecision.to_dict()), "sequential",
+        "sequential_single_chain"}`` and, for ``procs > 1``, ``"parallel_memory_dependent"``,
+        ``"parallel_memory_independent"`` (:class:`Bound` values; the forward ones are
+        exactly :func:`sequential_bound` etc.). For ``step``: ``{"pass": "step", "passes":
+        {forward, dgrad, wgrad: the per-pass dicts}, "separate": {...}, "keep": {...}}``
+        where ``separate`` and ``keep`` map the same bound names to the step bounds of
+        :func:`step_bounds` (what each assumes: its docstring).
+
+    Raises
+    ------
+    ValueError
+        Unknown pass; dgrad/wgrad/step of an integer precision; bad procs/memory.
+    """
+    from .passes import check_pass, pass_precision
+
+    name = check_pass(pass_, allow_step=True)
+    p = _check_procs(procs)
+    _check_memory(memory_bytes)
+    if name == "step":
+        per = {j: pass_bounds(spec, j, p, memory_bytes) for j in ("forward", "dgrad", "wgrad")}
+        sb = step_bounds(spec, p, memory_bytes, _per_pass=per)
+        return {"pass": "step", "passes": per, "separate": sb["separate"], "keep": sb["keep"]}
+    out: dict = {
+        "pass": name,
+        "precision": pass_precision(spec.precision, name).to_dict(),
+        "sequential": sequential_bound(spec, memory_bytes, pass_=name),
+        "sequential_single_chain": sequential_bound(spec, memory_bytes, single_chain=True,
+                                                    pass_=name),
+    }
+    if p > 1:
+        out["parallel_memory_dependent"] = parallel_memory_dependent_bound(
+            spec, p, memory_bytes, pass_=name)
+        out["parallel_memory_independent"] = parallel_memory_independent_bound(
+            spec, p, pass_=name)
+    return out
+
+
+def _step_counts(spec: ConvSpec) -> dict[str, Counts]:
+    """Counts of the three passes, each with ``p_transfer`` = the widest transfer of the step."""
+    from dataclasses import replace
+
+    cs = {j: counts(spec, j) for j in ("forward", "dgrad", "wgrad")}
+    pmax = max(c.p_max for c in cs.values())
+    return {j: replace(c, p_transfer=pmax) for j, c in cs.items()}
+
+
+def _union_factors(cs: dict[str, Counts]) -> list[tuple[str, float, list[float]]]:
+    """The three union inequalities as (name, ρ·r1·r2·r3, caps in bits ascending): each
+    bounds v_f + v_d + v_w by sqrt(ρ·Π factor_i) where factor_i <= min(r_i·z_i, cap value_i)
+    with z_i the bits spent on that factor's two arrays (docs/theory.md §8)."""
+    f, d, w = cs["forward"], cs["dgrad"], cs["wgrad"]
+    # arrays: In (f.p_in), dIn (d.p_in), F (f.p_filter), dF (w.p_filter), Out (f.p_out),
+    # dOut (d.p_out); used element counts are the same in every pass
+    pairs = {"input": (f.p_in, d.p_in, f.in_used), "filter": (f.p_filter, w.p_filter,
+                                                                 f.filter_used),
+             "output": (d.p_out, f.p_out, f.out_used)}   # shared array first: dOut, then Out
+    out = []
+    for name, doubled in ((U_IN, "input"), (U_FILTER, "filter"), (U_OUTPUT, "output")):
+        rate, caps = 1.0, []
+        for proj, (w_shared, w_other, used) in pairs.items():
+            k = 2.0 if proj == doubled else 1.0
+            r = max(k / w_shared, 1.0 / w_other)
+            rate *= r
+            caps.append((k + 1.0) * used / r)
+        out.append((name, f.rho * rate, sorted(caps)))
+    return out
+
+
+def _union_max_work(factors, z: np.ndarray) -> np.ndarray:
+    """U(Z): upper bound on the real iterations of all three passes that a union footprint
+    of Z bits admits (the smallest of the three union inequalities, caps included)."""
+    z = np.asarray(z, dtype=float)
+    best = np.full_like(z, np.inf)
+    for _, coef, caps in factors:
+        rem, prod = z.copy(), np.ones_like(z)
+        for k, cap in enumerate(caps):
+            y = np.minimum(cap, rem / (3 - k))
+            prod, rem = prod * y, rem - y
+        best = np.minimum(best, np.sqrt(coef * prod))
+    return best
+
+
+def _union_segment_bound(factors, g_union: float, m_bits: float, p_max: float,
+                         cap_bits: float) -> tuple[float, float]:
+    """sup_T (T − p_max)·(g_union / U(2M + T) − 1) on a grid of T (every point valid)."""
+    if g_union <= 0:
+        return 0.0, 0.0
+    best, best_t = 0.0, 0.0
+    tt = np.geomspace(1.0, max(cap_bits, 2.0), 400)
+    for _ in range(3):
+        t = tt + p_max
+        u = _union_max_work(factors, 2.0 * m_bits + t) * (1.0 + 1e-12)
+        val = (t - p_max) * (g_union / u - 1.0)
+        k = int(np.argmax(val))
+        if val[k] > best:
+            best, best_t = float(val[k]), float(t[k])
+        lo, hi = tt[max(k - 1, 0)], tt[min(k + 1, tt.size - 1)]
+        tt = np.geomspace(lo, hi, 41) if hi > lo else tt
+    return best, best_t
+
+
+def _union_min_footprint(factors, v: float) -> tuple[float, str]:
+    """Least union footprint (bits) admitting v real iterations of the three passes together:
+    the largest over the union inequalities of min Σz s.t. coef·Π min(z_i, cap_i) >= v²."""
+    if v <= 0:
+        return 0.0, ""
+    vals = [(_min_sum_for_product(v * v / coef, caps), name) for name, coef, caps in factors]
+    return max(vals)
+
+
+def step_compulsory_bits(spec: ConvSpec) -> float:
+    """Compulsory traffic of a training step when data may be kept between passes: each
+    used element of In, F and dOut loaded once, each element of Out, dIn and dF stored once
+    (at its accumulated weight)."""
+    cs = {j: counts(spec, j) for j in ("forward", "dgrad", "wgrad")}
+    f, d, w = cs["forward"], cs["dgrad"], cs["wgrad"]
+    return (f.p_in * f.in_used + f.p_filter * f.filter_used + d.p_out * d.out_used
+            + f.p_out * f.out_total + d.p_in * d.in_total + w.p_filter * w.filter_total)
+
+
+def step_bounds(spec: ConvSpec, procs: int = 1, memory_bytes: float = 256 * 1024, *,
+                _per_pass: dict | None = None) -> dict[str, dict[str, Bound]]:
+    """Lower bounds for a training step of one layer (forward + dgrad + wgrad), for two
+    classes of algorithms (proofs: docs/theory.md §8).
+
+    ``separate``: the passes run one after another and nothing is kept between them: each
+    pass starts with its operands in slow memory (parallel: in the owned layout) and ends
+    with its result there. The bound is the **sum** of the per-pass bounds (each clipped at
+    0). Sequential: on the total loads + stores. Parallel: on the sum over the passes of
+    each pass's busiest processor (the cost of passes separated by synchronisation, as
+    layers are summed in THEORY.md §8) -- not on the busiest processor's step total.
+
+    ``keep``: any algorithm performing the real iterations of the three passes, in any
+    order (interleaved, fused), keeping any data between passes (e.g. the forward input
+    window for wgrad, dOut between dgrad and wgrad); inputs In, F, dOut start in slow
+    memory (parallel: spread, at most ⌈|A|/P⌉ per processor), results Out, dIn, dF end
+    there. Sequential: the max of the step's compulsory traffic, each pass's segment bound
+    applied to the whole step, and the union segment bound (3·G_real iterations against
+    the union inequalities). Parallel: on the busiest processor's step total: the max of
+    the per-pass bounds and the union bound for the processor doing >= 3·G_real/P.
+
+    Returns
+    -------
+    dict
+        ``{"separate": {name: Bound}, "keep": {name: Bound}}`` with names
+        ``sequential``, ``sequential_single_chain`` (separate only), and for ``procs > 1``
+        ``parallel_memory_dependent``, ``parallel_memory_independent``.
+    """
+    p = _check_procs(procs)
+    m = _check_memory(memory_bytes)
+    per = _per_pass or {j: pass_bounds(spec, j, p, memory_bytes)
+                        for j in ("forward", "dgrad", "wgrad")}
+    names = ["sequential", "sequential_single_chain"]
+    if p > 1:
+        names += ["parallel_memory_dependent", "parallel_memory_independent"]
+    separate = {}
+    for key in names:
+        parts = {j: per[j][key].bits for j in per}
+        bits = sum(max(b, 0.0) for b in parts.values())
+        details = {"per_pass_bits": parts, "class": "separate"}
+        label = "sum of per-pass bounds"
+        if key == "parallel_memory_dependent":
+            nets = [per[j][key].details["network_only"] for j in per]
+            details["network_only"] = all(nets)
+            if not all(nets):
+                label += " [P*M < data: network + local-memory bits]"
+        separate[key] = Bound(bits, label, bits <= 0, details)
+
+    cs = _step_counts(spec)
+    pmax = next(iter(cs.values())).p_max
+    factors = _union_factors(cs)
+    g3 = 3.0 * cs["forward"].g_real
+    data = sum(c.weight(j) * c.used(j) for c in cs.values() for j in ("input", "filter",
+                                                                        "output"))
+    keep = {}
+    # sequential
+    xc = step_compulsory_bits(spec)
+    cand = {"compulsory (step)": xc}
+    for j, c in cs.items():
+        cand[f"{j} segment"] = _segment_bound(c, float(c.g_real), m)[0]
+        cand[f"{j} stride-class segment"] = _weighted_segment_bound(c, weighted_work(spec), m)[0]
+    useg, ut = _union_segment_bound(factors, g3, m, pmax, data)
+    cand["union segment"] = useg
+    key, bits = max(cand.items(), key=lambda kv: kv[1])
+    keep["sequential"] = Bound(bits, key, bits <= 0,
+                               {"class": "keep", "candidates_bits": cand, "union_T_bits": ut,
+                                "memory_bits": m})
+    if p > 1:
+        cand = {}
+        for j, c in cs.items():
+            g = c.g_real / p
+            cand[f"{j} segment"] = _segment_bound(c, g, m)[0]
+            cand[f"{j} stride-class segment"] = _weighted_segment_bound(
+                c, weighted_work(spec) / p, m)[0]
+        cand["union segment"] = _union_segment_bound(factors, g3 / p, m, pmax, data)[0]
+        key, bits = max(cand.items(), key=lambda kv: kv[1])
+        nets = [per[j]["parallel_memory_dependent"].details["network_only"] for j in per]
+        label = key + ("" if all(nets) else " [P*M < data: network + local-memory bits]")
+        keep["parallel_memory_dependent"] = Bound(
+            bits, label, bits <= 0, {"class": "keep", "candidates_bits": cand,
+                                     "network_only": all(nets), "memory_bits": m})
+        owned = step_owned_bits(spec, p)
+        need, uname = _union_min_footprint(factors, g3 / p)
+        cand = {f"{j} (per pass)": per[j]["parallel_memory_independent"].bits for j in per}
+        cand["union"] = need * (1.0 - ROUNDING) - owned
+        key, bits = max(cand.items(), key=lambda kv: kv[1])
+        if key == "union":
+            key = f"union ({uname})"
+        keep["parallel_memory_independent"] = Bound(
+            bits, key, bits <= 0, {"class": "keep", "candidates_bits": cand,
+                                   "union_footprint_bits": need, "step_owned_bits": owned})
+    # a separate algorithm is also a "keep" algorithm, and the keep bounds bound a quantity
+    # (sequential: the same total; parallel: the busiest processor's step total) that is at
+    # most the separate quantity: so the separate bound is the larger of the two
+    for key, kb in keep.items():
+        if kb.bits > separate[key].bits:
+            d = dict(separate[key].details, keep_bits=kb.bits)
+            separate[key] = Bound(kb.bits, f"step (keep): {kb.binding}", kb.bits <= 0, d)
+    return {"separate": separate, "keep": keep}
+
+
+def step_owned_bits(spec: ConvSpec, procs: int) -> float:
+    """The most one processor owns of the six arrays of a step (In, F, dOut at the start;
+    Out, dIn, dF at the end), ⌈|A|/P⌉ elements each, at the bounds' weights."""
+    p = _check_procs(procs)
+    f, d, w = (counts(spec, j) for j in ("forward", "dgrad", "wgrad"))
+    share = lambda n: -(-n // p)  # noqa: E731
+    return (f.p_in * share(f.in_total) + f.p_filter * share(f.filter_total)
+            + d.p_out * share(d.out_total) + f.p_out * share(f.out_total)
+            + d.p_in * share(d.in_total) + w.p_filter * share(w.filter_total))

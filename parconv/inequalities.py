@@ -79,8 +79,16 @@ class Counts:
     in_total, filter_total, out_total:
         Full array sizes (used for the owned share in the parallel bounds).
     p_accum, p_output:
-        Bits of a partial sum and of a finished output (``p_out`` is their minimum); only
-        :attr:`p_max` uses them.
+        Bits of a partial sum and of a finished element of the *accumulated* array (its
+        weight is their minimum); only :attr:`p_max` and the network-only test use them.
+    accumulated:
+        Which projection the pass accumulates: ``"output"`` (forward, the default),
+        ``"input"`` (dgrad: dIn) or ``"filter"`` (wgrad: dF). The weights ``p_in``,
+        ``p_filter``, ``p_out`` are always per *projection* ((b,c,x,y), (k,c,r,s),
+        (b,k,h,w)); only the compulsory term and the data-size test depend on the roles.
+    p_transfer:
+        Extra lower limit on :attr:`p_max` (the widest transfer of a whole training step,
+        when a bound covers several passes); 0 for one pass.
     """
 
     p_in: float
@@ -103,6 +111,8 @@ class Counts:
     out_total: int
     p_accum: float = 0.0
     p_output: float = 0.0
+    accumulated: str = "output"
+    p_transfer: float = 0.0
 
     @property
     def crs(self) -> int:
@@ -117,23 +127,46 @@ class Counts:
         """Largest single transfer in bits: an input, a filter element, a partial sum
         (``p_accum``) or a finished output (``p_output``). Not ``p_out``: with a narrower
         output type (fp16 with fp32 accumulation) a spilled partial sum is wider."""
-        return max(self.p_in, self.p_filter, self.p_out, self.p_accum, self.p_output)
+        return max(self.p_in, self.p_filter, self.p_out, self.p_accum, self.p_output,
+                   self.p_transfer)
+
+    def used(self, projection: str) -> int:
+        """Elements of a projection touched by some real iteration."""
+        return {"input": self.in_used, "filter": self.filter_used,
+                "output": self.out_used}[projection]
+
+    def total(self, projection: str) -> int:
+        """Full size of a projection's array."""
+        return {"input": self.in_total, "filter": self.filter_total,
+                "output": self.out_total}[projection]
+
+    def weight(self, projection: str) -> float:
+        """Bits charged per element of a projection."""
+        return {"input": self.p_in, "filter": self.p_filter, "output": self.p_out}[projection]
 
 
 @lru_cache(maxsize=4096)
-def counts(spec: ConvSpec) -> Counts:
-    """The numbers of :class:`Counts` for ``spec`` (exact; cached)."""
+def counts(spec: ConvSpec, pass_: str = "forward") -> Counts:
+    """The numbers of :class:`Counts` for ``spec`` and one training pass (exact; cached).
+
+    ``spec.precision`` is the forward precision; the per-projection types of ``dgrad``
+    and ``wgrad`` follow from it (:func:`parconv.passes.pass_precision`; integer
+    precisions are refused for them).
+    """
+    from .passes import pass_precision
+
     (nh, rh, hh), (nw, rw, hw) = (_axis_usage(a) for a in spec.axes)
-    p = spec.precision
+    pp = pass_precision(spec.precision, pass_)
     return Counts(
-        p_in=float(p.p_input), p_filter=float(p.p_filter),
-        p_out=float(min(p.p_accum, p.p_output)), rho=int(spec.rho),
+        p_in=float(pp.weight("input")), p_filter=float(pp.weight("filter")),
+        p_out=float(pp.weight("output")), rho=int(spec.rho),
         B=spec.B, K=spec.K, C=spec.C, H=spec.H, W=spec.W, R=spec.R, S=spec.S,
         g_real=spec.B * spec.K * spec.C * nh * nw,
         in_used=int(spec.input_used_elems), filter_used=spec.K * spec.C * rh * rw,
         out_used=spec.B * spec.K * hh * hw,
         in_total=spec.input_elems, filter_total=spec.filter_elems, out_total=spec.output_elems,
-        p_accum=float(p.p_accum), p_output=float(p.p_output),
+        p_accum=float(pp.p_accum), p_output=float(pp.p_delivered),
+        accumulated=pp.accumulated,
     )
 
 
