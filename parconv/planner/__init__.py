@@ -1,5 +1,6 @@
 """The pure planning layer for training and networks (no MPI, no data).
 
-:mod:`.passes` names the passes of one layer and their operations: every backward
-operation is the adjoint of a forward one.
+:mod:`.adjoint` names the operations each pass of one layer runs: every backward
+operation is the adjoint of a forward one. The precision of each pass is
+:mod:`parconv.passes`.
 """

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import dtypes
 from ..partition import Grid
-from ..planner.passes import pass_operations
+from ..planner.adjoint import pass_operations
 from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
 from .deadline import DeadlineComm, check_timeout, collective_timeout

@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..partition import OPERATIONS, Grid, balanced_block, layout
-from ..planner.passes import ADJOINT_OF, RECOMPUTED, forward_source, itemsize, pass_operations
+from ..planner.adjoint import ADJOINT_OF, RECOMPUTED, forward_source, itemsize, pass_operations
 from ..spec import Axis, ConvSpec
 
 Range = tuple[int, int]

@@ -10,7 +10,7 @@ from global seeded arrays, then checks on rank 0:
 * the adjoint identities <A x, g> = <x, Aᵀ g> (dgrad) and = <w, ∂/∂w ...> (wgrad),
   evaluated as distributed dot products (every element owned by one rank);
 * every rank's measured bytes per operation equal the schedule's and the pure
-  derivation from the forward volumes (``planner.passes.pass_volume``);
+  derivation from the forward volumes (``planner.adjoint.pass_volume``);
 * the second call builds no schedule and no communicator.
 """
 
@@ -25,7 +25,7 @@ from mpi4py import MPI
 from parconv import dtypes
 from parconv.dtypes import parse_precision
 from parconv.partition import Grid, rank_volume
-from parconv.planner.passes import pass_volume
+from parconv.planner.adjoint import pass_volume
 from parconv.runtime import gather_blocks, seeded_operands_global
 from parconv.runtime import layer as layer_mod
 from parconv.runtime.api import block_ranges

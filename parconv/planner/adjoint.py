@@ -10,9 +10,12 @@ backward operation's blocks from the forward operation it is the adjoint of, and
 from __future__ import annotations
 
 from ..partition import OPERATIONS
+from ..passes import PASSES as _PASSES
+from ..passes import STEP
 
-#: The passes of one layer (THEORY.md §7); ``step`` is forward, then dgrad and wgrad.
-PASSES = ("forward", "dgrad", "wgrad", "step")
+#: What a plan or a run can execute: one pass (:data:`parconv.passes.PASSES`) or the
+#: training ``step`` (forward, then dgrad and wgrad).
+PASSES = (*_PASSES, STEP)
 
 #: Backward operations: each is the adjoint of one forward operation (same communicator,
 #: same block sizes, receive and send exchanged) and moves the named array:
