@@ -314,7 +314,8 @@ def rank_volume(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, tuple[int, i
 
 #: Buffers of one rank, in :func:`memory_phases` (element counts; ``kernel`` in bytes).
 MEMORY_BUFFERS = ("owned_input", "owned_filter", "allgather_send", "gathered", "window",
-                  "halo_send", "halo_recv", "filter", "kernel", "partial", "recv", "output")
+                  "halo_send", "halo_recv", "filter", "kernel", "partial", "recv",
+                  "mpi_reduce_scatter", "result", "output")
 
 
 def memory_phases(p, n: dict) -> dict:
@@ -325,7 +326,13 @@ def memory_phases(p, n: dict) -> dict:
     The owned input and filter blocks are the caller's and live throughout; the others
     exist only in the phases listed (each is freed when the next phase no longer needs
     it). The halo send segments exist twice during the exchange (the segments and the
-    packed MPI buffer).
+    packed MPI buffer). A collective over one rank moves nothing and allocates nothing:
+    ``allgather_send`` (``P_k = 1``: the packed plane is the gathered one), ``filter``
+    (``P_b·P_h·P_w = 1``: the owned block is used in place), ``recv`` and
+    ``mpi_reduce_scatter`` (``P_c = 1``) are then zero. ``result`` is the
+    accumulator-precision result block during the cast. ``mpi_reduce_scatter`` is the MPI library's own temporary during
+    the reduce-scatter (MPICH's pairwise algorithm receives into a buffer of the result
+    block's size; measured, ``bench/results/memory.md``).
     """
     pi, pf, pa, po = p.p_input, p.p_filter, p.p_accum, p.p_output
     base = pi * n["owned_input"] + pf * n["owned_filter"]
@@ -335,8 +342,9 @@ def memory_phases(p, n: dict) -> dict:
         "halo_exchange": base + pi * (n["window"] + 2 * n["halo_send"] + n["halo_recv"]),
         "compute": base + pi * n["window"] + pf * n["filter"] + 8 * n["kernel"]
         + pa * n["partial"],
-        "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]),
-        "cast": base + pa * n["recv"] + po * n["output"],
+        "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]
+                                              + n["mpi_reduce_scatter"]),
+        "cast": base + pa * n["result"] + po * n["output"],
     }
 
 
@@ -394,16 +402,18 @@ def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]
     return {
         "owned_input": int(np.prod(me.input_owned_shape)),
         "owned_filter": -(-k_blk // q) * c_blk * spec.R * spec.S,
-        "allgather_send": b * c_own * used,
+        "allgather_send": b * c_own * used if grid.k > 1 else 0,
         "gathered": b * c_blk * used,
         "window": b * c_blk * (r1 - r0) * (c1 - c0),
         "halo_send": sum(s for _, s in halo.values()),
         "halo_recv": sum(r for r, _ in halo.values()),
-        "filter": k_blk * c_blk * spec.R * spec.S,
+        "filter": k_blk * c_blk * spec.R * spec.S if q > 1 else 0,
         "kernel": int(kernel_workspace_bytes(spec, b, k_blk, c_blk, h, w, len(me.need_rows),
                                              len(me.need_cols))),
         "partial": k_blk * bhw,
-        "recv": k_o * bhw,
+        "recv": k_o * bhw if grid.c > 1 else 0,
+        "mpi_reduce_scatter": k_o * bhw if grid.c > 1 else 0,
+        "result": k_o * bhw,
         "output": k_o * bhw,
     }
 

@@ -193,16 +193,18 @@ def _memory_bits(spec: ConvSpec, grid: Grid, idx) -> np.ndarray:
     n = {
         "owned_input": b * F["cown"] * F["own"],
         "owned_filter": -(-kblk // F["q"]) * cblk * rs,
-        "allgather_send": b * F["cown"] * F["used"],
+        "allgather_send": b * F["cown"] * F["used"] * (grid.k > 1),
         "gathered": b * cblk * F["used"],
         "window": b * cblk * F["win"],
         "halo_send": b * cblk * (F["sent"] - F["self"]),
         "halo_recv": b * cblk * (F["need"] - F["self"]),
-        "filter": kblk * cblk * rs,
+        "filter": kblk * cblk * rs * (F["q"] > 1),
         "kernel": _kernel_bytes(spec, b, kblk, cblk, th.out[ih], tw.out[iw], th.need[ih],
                                 tw.need[iw]),
         "partial": kblk * b * F["hs"],
-        "recv": F["ko"] * b * F["hs"],
+        "recv": F["ko"] * b * F["hs"] * (grid.c > 1),
+        "mpi_reduce_scatter": F["ko"] * b * F["hs"] * (grid.c > 1),
+        "result": F["ko"] * b * F["hs"],
         "output": F["ko"] * b * F["hs"],
     }
     return peak_memory_bits(spec.precision, n)

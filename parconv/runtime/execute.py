@@ -134,9 +134,13 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
         nr, nc = len(sched.used_rows), len(sched.used_cols)
         send = np.empty((z["c_own"], b, nr, nc), in_dt)
         _copy(send, _ALL, _ALL, x_local, sched.used_rows - r_lo, sched.used_cols - c_lo, True)
-        gathered = np.empty((c_blk, b, nr, nc), in_dt)
-        allgather(gc.fibers["input_allgather"], ops["input_allgather"], send, gathered,
-                  stats.counters)
+        if len(ops["input_allgather"].members) == 1:   # nothing to gather: no copy
+            gathered = send
+            stats.counters.add("input_allgather", 0, 0)
+        else:
+            gathered = np.empty((c_blk, b, nr, nc), in_dt)
+            allgather(gc.fibers["input_allgather"], ops["input_allgather"], send, gathered,
+                      stats.counters)
         del send
 
     # 2. halo exchange; the window is built directly in the kernel's (b, c, rows, cols)
@@ -167,9 +171,13 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
 
     # 3. filter allgather along the b·h·w fiber
     with _phase(stats, rank, "filter_allgather"):
-        filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
-        allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
-                  np.ascontiguousarray(w_local), filt, stats.counters)
+        if len(ops["filter_allgather"].members) == 1:   # the owned block is the whole
+            filt = np.ascontiguousarray(w_local)
+            stats.counters.add("filter_allgather", 0, 0)
+        else:
+            filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
+            allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
+                      np.ascontiguousarray(w_local), filt, stats.counters)
 
     # 4. local convolution in accumulator precision, straight into the k-major (k, b, h, w)
     #    layout whose k-blocks the reduce-scatter sends (no send copy)
@@ -187,9 +195,13 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
 
     # 5. reduce-scatter along the c-fiber, then the cast to the output dtype
     with _phase(stats, rank, "output_reduce_scatter"):
-        recv = np.empty((z["k_o"], b, *out_hw), acc_dt)
-        reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"],
-                       partial, recv, stats.counters)
+        if len(ops["output_reduce_scatter"].members) == 1:   # the partial is the result
+            recv = partial        # (MPI would copy it through a temporary of its size)
+            stats.counters.add("output_reduce_scatter", 0, 0)
+        else:
+            recv = np.empty((z["k_o"], b, *out_hw), acc_dt)
+            reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"],
+                           partial, recv, stats.counters)
         del partial
     with _phase(stats, rank, "cast"):
         src = recv.transpose(1, 0, 2, 3)
