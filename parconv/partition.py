@@ -312,16 +312,116 @@ def rank_volume(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, tuple[int, i
     return vol
 
 
-def rank_memory_bytes(spec: ConvSpec, grid: Grid, rank: int) -> int:
-    """Peak bytes a rank holds: owned input, gathered input window, filter block,
-    accumulator-precision partial output and the owned final output."""
-    me = layout(spec, grid, rank)
+#: Buffers of one rank, in :func:`memory_phases` (element counts; ``kernel`` in bytes).
+MEMORY_BUFFERS = ("owned_input", "owned_filter", "allgather_send", "gathered", "window",
+                  "halo_send", "halo_recv", "filter", "kernel", "partial", "recv",
+                  "mpi_reduce_scatter", "result", "output")
+
+
+def memory_phases(p, n: dict) -> dict:
+    """Bits alive in each phase of :func:`parconv.runtime.execute.execute`, from the
+    buffer sizes ``n`` (elements, keys :data:`MEMORY_BUFFERS`; ``kernel`` in bytes; numpy
+    arrays or ints) and the precision ``p``.
+
+    The owned input and filter blocks are the caller's and live throughout; the others
+    exist only in the phases listed (each is freed when the next phase no longer needs
+    it). The halo send segments exist twice during the exchange (the segments and the
+    packed MPI buffer). A collective over one rank moves nothing and allocates nothing:
+    ``allgather_send`` (``P_k = 1``: the packed plane is the gathered one), ``filter``
+    (``P_b·P_h·P_w = 1``: the owned block is used in place), ``recv`` and
+    ``mpi_reduce_scatter`` (``P_c = 1``) are then zero. ``result`` is the
+    accumulator-precision result block during the cast. ``mpi_reduce_scatter`` is the MPI library's own temporary during
+    the reduce-scatter (MPICH's pairwise algorithm receives into a buffer of the result
+    block's size; measured, ``bench/results/memory.md``).
+    """
+    pi, pf, pa, po = p.p_input, p.p_filter, p.p_accum, p.p_output
+    base = pi * n["owned_input"] + pf * n["owned_filter"]
+    return {
+        "input_allgather": base + pi * (n["allgather_send"] + n["gathered"]),
+        "halo_pack": base + pi * (n["gathered"] + n["window"] + n["halo_send"]),
+        "halo_exchange": base + pi * (n["window"] + 2 * n["halo_send"] + n["halo_recv"]),
+        "compute": base + pi * n["window"] + pf * n["filter"] + 8 * n["kernel"]
+        + pa * n["partial"],
+        "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]
+                                              + n["mpi_reduce_scatter"]),
+        "cast": base + pa * n["result"] + po * n["output"],
+    }
+
+
+def peak_memory_bits(p, n: dict):
+    """Peak bits of a rank: the maximum over phases of the live set (:func:`memory_phases`)."""
+    return np.maximum.reduce(list(memory_phases(p, n).values()))
+
+
+def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w):
+    """Whether the local kernel takes its 1x1 stride-1 in-place path (no packing panel):
+    1x1 filter, stride 1, float32/float64 input equal to the accumulator, every output
+    row and column of the block reading an input inside the window (``need == out``), and
+    at least :data:`parconv.kernels.window.DIRECT_MIN_COLS` output pixels per image."""
+    from . import dtypes
+    from .kernels.window import DIRECT_MIN_COLS
+
     p = spec.precision
+    same = dtypes.numpy_dtype(p.input) == dtypes.numpy_dtype(p.accum) and not p.is_integer
+    if not (spec.R == 1 and spec.S == 1 and tuple(spec.stride) == (1, 1) and same):
+        return np.zeros(np.broadcast(out_h, out_w).shape, dtype=bool)
+    return (np.asarray(need_h) == out_h) & (np.asarray(need_w) == out_w) \
+        & (np.asarray(out_h) * out_w >= DIRECT_MIN_COLS)
+
+
+def kernel_workspace_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, need_h, need_w):
+    """Bytes the local kernel allocates for a block (one worker; vectorised)."""
+    from . import dtypes
+    from .kernels.window import workspace_bytes
+
+    p = spec.precision
+    ws = workspace_bytes(b, k_blk, c_blk, out_h, out_w, spec.R, spec.S,
+                         dtypes.numpy_dtype(p.input), dtypes.numpy_dtype(p.filter),
+                         kernel_direct(spec, out_h, out_w, need_h, need_w))
+    return np.where(np.asarray(need_h) * need_w == 0, 0, ws)
+
+
+def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]:
+    """Element count of every buffer a rank holds (keys :data:`MEMORY_BUFFERS`;
+    ``kernel``: the local kernel's workspace in bytes, one worker).
+
+    The owned filter block is counted at the largest size along its fiber,
+    ``ceil(k_blk / (P_b·P_h·P_w))`` rows (at most one row of ``C_blk·R·S`` more than a
+    rank holds), so that memory stays a function of the block classes of the planner.
+    """
+    me = layout(spec, grid, rank)
     (r0, r1), (c0, c1) = me.need_window
-    window = _len(me.batch) * _len(me.in_channels) * (r1 - r0) * (c1 - c0)
-    owned_in = int(np.prod(me.input_owned_shape))
-    filt = _len(me.out_channels) * _len(me.in_channels) * spec.R * spec.S
-    partial = int(np.prod(me.partial_output_shape))
-    final = int(np.prod(me.output_owned_shape))
-    return (p.p_input * (owned_in + window) + p.p_filter * filt + p.p_accum * partial
-            + p.p_output * final) // 8
+    b, c_blk, k_blk = _len(me.batch), _len(me.in_channels), _len(me.out_channels)
+    c_own = _len(me.input_channels_owned)
+    q = grid.b * grid.h * grid.w
+    used = len(me.own_used_rows) * len(me.own_used_cols)
+    halo = halo_counts(spec, grid, rank)
+    h, w = _len(me.out_rows), _len(me.out_cols)
+    bhw = b * h * w
+    k_o = _len(me.output_out_channels_owned)
+    return {
+        "owned_input": int(np.prod(me.input_owned_shape)),
+        "owned_filter": -(-k_blk // q) * c_blk * spec.R * spec.S,
+        "allgather_send": b * c_own * used if grid.k > 1 else 0,
+        "gathered": b * c_blk * used,
+        "window": b * c_blk * (r1 - r0) * (c1 - c0),
+        "halo_send": sum(s for _, s in halo.values()),
+        "halo_recv": sum(r for r, _ in halo.values()),
+        "filter": k_blk * c_blk * spec.R * spec.S if q > 1 else 0,
+        "kernel": int(kernel_workspace_bytes(spec, b, k_blk, c_blk, h, w, len(me.need_rows),
+                                             len(me.need_cols))),
+        "partial": k_blk * bhw,
+        "recv": k_o * bhw if grid.c > 1 else 0,
+        "mpi_reduce_scatter": k_o * bhw if grid.c > 1 else 0,
+        "result": k_o * bhw,
+        "output": k_o * bhw,
+    }
+
+
+def rank_memory_bytes(spec: ConvSpec, grid: Grid, rank: int) -> int:
+    """Peak bytes a rank holds during a run: the maximum over the phases of the runtime
+    of the buffers alive in that phase (:func:`memory_phases`), from the owned operand
+    blocks to the output block, the local kernel's workspace included. The Python
+    interpreter, numba and MPI library themselves are not included (a constant per
+    process, measured in ``bench/results/memory.md``)."""
+    return int(peak_memory_bits(spec.precision, rank_memory_buffers(spec, grid, rank))) // 8

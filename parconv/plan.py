@@ -28,7 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from .partition import GRID_AXES, OPERATIONS, Grid, balanced_block, block_sizes, check_grid
+from .partition import (
+    GRID_AXES,
+    OPERATIONS,
+    Grid,
+    balanced_block,
+    block_sizes,
+    check_grid,
+    kernel_workspace_bytes,
+    peak_memory_bits,
+)
 from .spec import Axis, ConvSpec
 
 # ----------------------------------------------------------------------------- axis tables
@@ -175,13 +184,44 @@ def _volumes(spec: ConvSpec, grid: Grid, idx, send: bool = True) -> dict[str, tu
 
 
 def _memory_bits(spec: ConvSpec, grid: Grid, idx) -> np.ndarray:
-    """Per-rank peak memory in bits (as :func:`parconv.partition.rank_memory_bytes` × 8)."""
+    """Per-rank peak memory in bits (as :func:`parconv.partition.rank_memory_bytes` × 8):
+    the maximum over phases of the buffers alive (:func:`parconv.partition.memory_phases`)."""
     F = _fields(spec, grid, idx)
-    p = spec.precision
     b, cblk, kblk = F["b"], F["cblk"], F["kblk"]
-    return (p.p_input * (b * F["cown"] * F["own"] + b * cblk * F["win"])
-            + p.p_filter * kblk * cblk * spec.R * spec.S + p.p_accum * b * kblk * F["hs"]
-            + p.p_output * b * F["ko"] * F["hs"])
+    ih = np.asarray(idx[3], dtype=np.int64).reshape(1, 1, 1, -1, 1)
+    iw = np.asarray(idx[4], dtype=np.int64).reshape(1, 1, 1, 1, -1)
+    th, tw = axis_table(spec.axes[0], grid.h), axis_table(spec.axes[1], grid.w)
+    rs = spec.R * spec.S
+    n = {
+        "owned_input": b * F["cown"] * F["own"],
+        "owned_filter": -(-kblk // F["q"]) * cblk * rs,
+        "allgather_send": b * F["cown"] * F["used"] * (grid.k > 1),
+        "gathered": b * cblk * F["used"],
+        "window": b * cblk * F["win"],
+        "halo_send": b * cblk * (F["sent"] - F["self"]),
+        "halo_recv": b * cblk * (F["need"] - F["self"]),
+        "filter": kblk * cblk * rs * (F["q"] > 1),
+        "kernel": _kernel_bytes(spec, b, kblk, cblk, th.out[ih], tw.out[iw], th.need[ih],
+                                tw.need[iw]),
+        "partial": kblk * b * F["hs"],
+        "recv": F["ko"] * b * F["hs"] * (grid.c > 1),
+        "mpi_reduce_scatter": F["ko"] * b * F["hs"] * (grid.c > 1),
+        "result": F["ko"] * b * F["hs"],
+        "output": F["ko"] * b * F["hs"],
+    }
+    return peak_memory_bits(spec.precision, n)
+
+
+def _kernel_bytes(spec: ConvSpec, *args: np.ndarray) -> np.ndarray:
+    """:func:`parconv.partition.kernel_workspace_bytes` evaluated once per distinct
+    combination of its (broadcast) arguments."""
+    arrs = np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in args))
+    if arrs[0].size == 0:
+        return np.zeros(arrs[0].shape, dtype=np.int64)
+    flat = np.stack([a.ravel() for a in arrs], axis=1)
+    uniq, inv = np.unique(flat, axis=0, return_inverse=True)
+    vals = np.asarray(kernel_workspace_bytes(spec, *uniq.T), dtype=np.int64)
+    return vals[inv.ravel()].reshape(arrs[0].shape)
 
 
 def _all_indices(grid: Grid) -> tuple[np.ndarray, ...]:
@@ -270,9 +310,23 @@ def max_rank_traffic_bytes(spec: ConvSpec, grid: Grid) -> int:
     return int(sum(r + s for r, s in vol.values()).max())
 
 
+def _memory_class_indices(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, ...]:
+    """:func:`_class_indices` with the spatial classes refined by ``sent`` (the halo send
+    segments are part of the memory, not of the received bytes): memory is constant
+    within each product of these classes, so its maximum over ranks is exact."""
+    ib, ik, ic, _, _ = _class_indices(spec, grid)
+    spatial = []
+    for axis, p in ((spec.axes[0], grid.h), (spec.axes[1], grid.w)):
+        t = axis_table(axis, p)
+        feats = np.stack([t.out, t.own, t.used, t.need, t.self_need, t.win, t.sent], axis=1)
+        _, first = np.unique(feats[::-1], axis=0, return_index=True)
+        spatial.append(np.sort(p - 1 - first))   # the largest index of each class
+    return ib, ik, ic, *spatial
+
+
 def max_rank_memory_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Exact maximum over ranks of :func:`parconv.partition.rank_memory_bytes`."""
-    return int(_memory_bits(spec, grid, _class_indices(spec, grid)).max()) // 8
+    return int(_memory_bits(spec, grid, _memory_class_indices(spec, grid)).max()) // 8
 
 
 # ----------------------------------------------------------------------------- grid search

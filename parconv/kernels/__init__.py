@@ -31,19 +31,22 @@ def warmup(signatures=None) -> float:
     """Compile (or load from the numba cache) every kernel specialisation; return seconds.
 
     Runs tiny convolutions for each dtype pair of :data:`SIGNATURES` through both the
-    direct-write and the scatter path, with and without ``accumulate``, and for the float
-    pairs the backward kernels (:func:`dgrad_window` with stride 2, i.e. its col2im path,
-    and :func:`wgrad_window`).
+    direct-write and the scatter path, with and without ``accumulate``, into a
+    C-contiguous output and into a transposed view of a ``(K, B, H, W)`` buffer, and for
+    the float pairs the backward kernels (:func:`dgrad_window` with stride 2, i.e. its
+    col2im path, and :func:`wgrad_window`).
     """
     t0 = time.perf_counter()
     for xd, wd in signatures or SIGNATURES:
         x = np.ones((2, 2, 3, 3), dtype=xd)
         w = np.ones((2, 2, 2, 2), dtype=wd)
         out = np.zeros((2, 2, 2, 2), dtype=accumulator_dtype(x.dtype, w.dtype))
-        for block_cols, chunk_rows in ((1, 3), (1024, 2304)):
-            for acc in (False, True):
-                conv2d_window(x, w, out, 1, 1, (0, 0), acc, block_cols=block_cols,
-                              chunk_rows=chunk_rows)
+        # C-contiguous output and the (K, B, H, W) buffer's transposed view (the runtime's)
+        for o in (out, out.transpose(1, 0, 2, 3)):
+            for block_cols, chunk_rows in ((1, 3), (1024, 2304)):
+                for acc in (False, True):
+                    conv2d_window(x, w, o, 1, 1, (0, 0), acc, block_cols=block_cols,
+                                  chunk_rows=chunk_rows)
         if out.dtype.kind == "f":
             gx = np.zeros(x.shape, dtype=out.dtype)
             dgrad_window(x[:, :, :2, :2], w, gx, 2, 1, (0, 0))

@@ -137,8 +137,11 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         float16, bfloat16, float32, float64, int8 or uint8.
     w : ndarray (K, C, R, S)
         float dtype for float ``x``, int8 for integer ``x``.
-    out : ndarray (B, K, H, W), C-contiguous
+    out : ndarray (B, K, H, W)
         In the accumulator dtype (:func:`accumulator_dtype`): float32, float64 or int32.
+        Each ``out[b, k]`` plane must be C-contiguous (unit column stride, rows of ``W``);
+        ``b`` and ``k`` may have any strides, e.g. ``out = buf.transpose(1, 0, 2, 3)`` of a
+        C-contiguous ``(K, B, H, W)`` buffer (the layout a reduce-scatter over ``k`` needs).
     stride, dilation : int or pair, >= 1
     offset : int or pair (any sign)
     accumulate : bool
@@ -171,8 +174,8 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     if out.dtype != acc:
         raise ValueError(f"out has dtype {out.dtype}; the accumulator for {x.dtype} x {w.dtype} "
                          f"is {acc}")
-    if not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError("out must be a writeable C-contiguous array")
+    if not out.flags.writeable or not _planes_contiguous(out):
+        raise ValueError("out must be writeable with C-contiguous (H, W) planes")
     sh, sw = _pair("stride", stride)
     dh, dw = _pair("dilation", dilation)
     oh, ow = _pair("offset", offset)
@@ -208,7 +211,8 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         blocks = [(b * H, H) for b in range(B)]
     max_rows = max(q1 - q0 for q0, q1 in chunks)
     max_cols = max(n for _, n in blocks) * W
-    out_mat = out.reshape(B, K, H * W)
+    out_mat = out.view()
+    out_mat.shape = (B, K, H * W)   # a view (raises instead of copying)
     geometry = (H, W, R, S, sh, sw, dh, dw, oh, ow)
 
     def run(block_list):
@@ -235,6 +239,55 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
             with ThreadPoolExecutor(max_workers=n) as pool:
                 for fut in [pool.submit(run, p) for p in parts]:
                     fut.result()
+
+
+def _planes_contiguous(out: np.ndarray) -> bool:
+    """True when every ``out[b, k]`` (H, W) plane is C-contiguous."""
+    H, W = out.shape[2:]
+    item = out.itemsize
+    return (W <= 1 or out.strides[3] == item) and (H <= 1 or out.strides[2] == W * item)
+
+
+def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads: int = 1,
+                    block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS):
+    """Bytes :func:`conv2d_window` allocates besides its arguments (numpy-vectorised over
+    the integer arguments).
+
+    Per worker: one packing panel ``max_rows x max_cols`` (none when ``direct``: the 1x1
+    stride-1 path that reads ``x`` in place), a ``K x max_cols`` buffer when a block spans
+    images or the inputs are integers, and a ``K x max_rows`` weight-conversion buffer
+    for weights not in the panel dtype; ``max_rows`` / ``max_cols`` are the largest
+    reduction chunk and output block of :func:`plan_chunks` / :func:`plan_blocks`. Zero
+    when the output or the reduction is empty. Workers: ``min(threads, blocks)``.
+    """
+    acc = accumulator_dtype(x_dtype, w_dtype)
+    integer = acc.kind == "i"
+    panel_dt = _F32 if integer else acc
+    B, K, C, H, W, R, S = (np.asarray(v, dtype=np.int64) for v in (B, K, C, H, W, R, S))
+    if integer:
+        chunk_rows = min(chunk_rows, exact_chunk_rows(x_dtype, w_dtype))
+    rows = C * R * S
+    n_chunks = -(-rows // chunk_rows)
+    max_rows = np.where(rows > 0, -(-rows // np.maximum(n_chunks, 1)), 0)
+    hw = H * W
+    big = hw >= block_cols
+    per_img = -(-hw // block_cols)
+    units = -(-H // np.maximum(per_img, 1))
+    n_blocks_small = np.maximum(-(-(B * hw) // block_cols), 1)
+    imgs = np.minimum(-(-B // n_blocks_small), B)
+    direct = np.asarray(direct, dtype=bool)
+    max_cols = np.where(direct, hw, np.where(big, units * W, imgs * hw))
+    n_blocks = np.where(direct, B, np.where(big, B * -(-H // np.maximum(units, 1)),
+                                            -(-B // np.maximum(imgs, 1))))
+    panel = np.where(direct, 0, max_rows * max_cols)
+    spans = ~direct & ~big & (imgs > 1)
+    tmp = np.where(spans | integer, K * max_cols, 0)
+    convert = np.dtype(w_dtype) != panel_dt
+    wbuf = K * max_rows if convert else 0
+    workers = np.minimum(threads, np.maximum(n_blocks, 1))
+    total = workers * (panel + tmp + wbuf) * panel_dt.itemsize
+    empty = (B * K * hw == 0) | (rows == 0)
+    return np.where(empty, 0, total)
 
 
 def _block(xk, x_view, wm, wbuf, out, out_mat, lut, code, integer, accumulate, chunks, u0,

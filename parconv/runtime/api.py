@@ -107,34 +107,58 @@ def _splitmix(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def seeded_block(spec: ConvSpec, which: str, ranges: tuple[Range, ...], seed: int) -> np.ndarray:
+#: Elements generated per chunk by :func:`seeded_block` (bounds its uint64 temporaries).
+SEED_CHUNK = 1 << 15
+
+
+def seeded_block(spec: ConvSpec, which: str, ranges: tuple[Range, ...], seed: int,
+                 chunk: int = SEED_CHUNK) -> np.ndarray:
     """The ``ranges`` part of the global ``input`` or ``filter`` array defined by ``seed``.
 
     Element ``i`` (flat global index) is a function of ``(seed, which, i)`` only
     (SplitMix64), so blocks generated on different ranks tile one global array.
     Integers are uniform over the type's range clipped to [-128, 127]; floats uniform in
     [-1, 1), filters scaled by sqrt(3 / (C·R·S)) so that outputs stay O(1).
+
+    The block is generated ``chunk`` elements at a time straight into the result, so
+    besides the result only a few ``chunk``-sized temporaries exist (about 40 bytes per
+    chunk element: 1.3 MB at the default).
     """
     shape = _global_shape(spec, which)
     name = spec.precision.input if which == "input" else spec.precision.filter
-    strides = np.cumprod((1, *shape[:0:-1]))[::-1]
-    idx = np.zeros([hi - lo for lo, hi in ranges], np.uint64)
-    for ax, (lo, hi) in enumerate(ranges):
-        sh = [1] * 4
-        sh[ax] = hi - lo
-        idx = idx + (np.arange(lo, hi, dtype=np.uint64) * np.uint64(strides[ax])).reshape(sh)
+    strides = np.cumprod((1, *shape[:0:-1]))[::-1].astype(np.uint64)
+    dims = [hi - lo for lo, hi in ranges]
+    los = np.array([lo for lo, _ in ranges], dtype=np.uint64)
     key = _splitmix(np.array([seed & (2**64 - 1), 1 + (which == "filter")], np.uint64)).sum()
-    z = _splitmix(idx ^ np.uint64(key))
     dt = dtypes.numpy_dtype(name)
-    if dtypes.is_integer(name):
+    out = np.empty(dims, dt)
+    flat = out.reshape(-1)
+    # block strides of the C-ordered result, for unravelling block positions
+    inner = np.cumprod((1, *dims[:0:-1]))[::-1]
+    integer = dtypes.is_integer(name)
+    if integer:
         lo, hi = dtypes.value_range(name)
         lo, hi = int(max(lo, -128)), int(min(hi, 127))
-        vals = (z >> np.uint64(33)) % np.uint64(hi - lo + 1)
-        return (vals.astype(np.int64) + lo).astype(dt)
-    u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 * 2.0 - 1.0
-    if which == "filter":
-        u *= np.sqrt(3.0 / (spec.C * spec.R * spec.S))
-    return u.astype(dt)
+    scale = np.sqrt(3.0 / (spec.C * spec.R * spec.S)) if which == "filter" else None
+    chunk = max(1, int(chunk))
+    for p0 in range(0, flat.size, chunk):
+        pos = np.arange(p0, min(p0 + chunk, flat.size), dtype=np.uint64)
+        idx = np.zeros(pos.size, np.uint64)
+        for ax in range(4):
+            coord = (pos // np.uint64(inner[ax])) % np.uint64(max(dims[ax], 1)) + los[ax]
+            idx += coord * strides[ax]
+        del pos
+        z = _splitmix(idx ^ np.uint64(key))
+        del idx
+        if integer:
+            vals = (z >> np.uint64(33)) % np.uint64(hi - lo + 1)
+            flat[p0:p0 + z.size] = vals.astype(np.int64) + lo
+            continue
+        u = (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 * 2.0 - 1.0
+        if scale is not None:
+            u *= scale
+        flat[p0:p0 + z.size] = u
+    return out
 
 
 def seeded_operands_local(spec: ConvSpec, grid: Grid, rank: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -153,30 +177,112 @@ def _slices(ranges) -> tuple[slice, ...]:
     return tuple(slice(lo, hi) for lo, hi in ranges)
 
 
+_TAG_SCATTER, _TAG_GATHER = 7001, 7002
+
+
+def _root_verdict(comm, root: int, message: str | None) -> None:
+    """Broadcast the root's verdict; every rank raises the same ``ValueError`` on one."""
+    message = comm.bcast(message, root=root)
+    if message is not None:
+        raise ValueError(message)
+
+
 def scatter_operands(spec: ConvSpec, grid: Grid, comm, x: np.ndarray | None = None,
                      w: np.ndarray | None = None, root: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Distribute global ``x`` and ``w`` held on ``root`` into each rank's owned blocks
-    (collective; setup traffic, not counted as algorithm communication)."""
-    parts = None
-    if comm.Get_rank() == root:
-        if x is None or w is None:
-            raise ValueError("scatter_operands: the root must pass x and w")
-        parts = [(np.ascontiguousarray(x[_slices(block_ranges(spec, grid, r, "input"))]),
-                  np.ascontiguousarray(w[_slices(block_ranges(spec, grid, r, "filter"))]))
-                 for r in range(comm.Get_size())]
-    return comm.scatter(parts, root=root)
+    (collective; setup traffic, not counted as algorithm communication).
+
+    Blocks travel as raw bytes by point-to-point messages, one rank at a time: beyond the
+    global arrays the root holds one packed block at a time (none for blocks that are
+    already contiguous views). Nothing is pickled but the dtypes.
+
+    Raises
+    ------
+    ValueError
+        On every rank (before any block moves) if the root's ``x`` / ``w`` are missing or
+        do not have the layer's global shapes.
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    message, dts = None, None
+    if rank == root:
+        for name, a, which in (("x", x, "input"), ("w", w, "filter")):
+            if a is None:
+                message = f"scatter_operands: the root must pass {name}"
+            elif tuple(np.shape(a)) != _global_shape(spec, which):
+                message = (f"scatter_operands: {name} has shape {tuple(np.shape(a))}, expected "
+                           f"the global {which} shape {_global_shape(spec, which)}")
+            if message:
+                break
+        if message is None:
+            dts = (np.asarray(x).dtype, np.asarray(w).dtype)
+    _root_verdict(comm, root, message)
+    dts = comm.bcast(dts, root=root)
+    mine = []
+    for arr, which, dt in ((x, "input", dts[0]), (w, "filter", dts[1])):
+        if rank == root:
+            arr = np.asarray(arr)
+            for r in range(size):
+                if r != root:   # one packed block at a time
+                    blk = np.ascontiguousarray(arr[_slices(block_ranges(spec, grid, r, which))])
+                    comm.Send([blk.reshape(-1).view(np.uint8), _mpi_byte()], dest=r,
+                              tag=_TAG_SCATTER)
+                    del blk
+            mine.append(np.array(arr[_slices(block_ranges(spec, grid, root, which))]))
+        else:
+            shape = tuple(hi - lo for lo, hi in block_ranges(spec, grid, rank, which))
+            blk = np.empty(shape, dt)
+            comm.Recv([blk.reshape(-1).view(np.uint8), _mpi_byte()], source=root,
+                      tag=_TAG_SCATTER)
+            mine.append(blk)
+    return mine[0], mine[1]
+
+
+def _mpi_byte():
+    from mpi4py import MPI
+
+    return MPI.BYTE
 
 
 def gather_blocks(spec: ConvSpec, grid: Grid, which: str, block: np.ndarray, comm,
                   root: int = 0) -> np.ndarray | None:
     """Assemble the global ``input``, ``filter`` or ``output`` array on ``root`` from
-    every rank's owned block (collective); other ranks get None."""
-    blocks = comm.gather(block, root=root)
-    if comm.Get_rank() != root:
+    every rank's owned block (collective); other ranks get None.
+
+    Blocks travel as raw bytes by point-to-point messages received one at a time: beyond
+    the global array the root holds one block at a time. Only each block's shape and
+    dtype are pickled (to check them before any block moves).
+
+    Raises
+    ------
+    ValueError
+        On every rank, before any block moves, if some rank's block does not have the
+        shape of its part of the global array or the dtypes differ.
+    """
+    rank, size = comm.Get_rank(), comm.Get_size()
+    _global_shape(spec, which)   # rejects an unknown kind on every rank
+    block = np.asarray(block)
+    metas = comm.gather((block.shape, block.dtype), root=root)
+    message = None
+    if rank == root:
+        for r, (shape, dt) in enumerate(metas):
+            want = tuple(hi - lo for lo, hi in block_ranges(spec, grid, r, which))
+            if tuple(shape) != want or dt != block.dtype:
+                message = (f"gather_blocks: rank {r} has a {which} block of shape "
+                           f"{tuple(shape)} and dtype {dt}, expected {want} and {block.dtype}")
+                break
+    _root_verdict(comm, root, message)
+    if rank != root:
+        blk = np.ascontiguousarray(block)
+        comm.Send([blk.reshape(-1).view(np.uint8), _mpi_byte()], dest=root, tag=_TAG_GATHER)
         return None
     out = np.empty(_global_shape(spec, which), block.dtype)
-    for r, blk in enumerate(blocks):
-        out[_slices(block_ranges(spec, grid, r, which))] = blk
+    out[_slices(block_ranges(spec, grid, root, which))] = block
+    for r in range(size):
+        if r != root:   # one block buffer at a time
+            buf = np.empty(metas[r][0], block.dtype)
+            comm.Recv([buf.reshape(-1).view(np.uint8), _mpi_byte()], source=r, tag=_TAG_GATHER)
+            out[_slices(block_ranges(spec, grid, r, which))] = buf
+            del buf
     return out
 
 

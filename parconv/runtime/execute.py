@@ -11,7 +11,12 @@ Order (THEORY.md §6, data layout of :mod:`parconv.partition`):
 5. reduce-scatter of the partials along the c-fiber, then the cast to the output dtype.
 
 Communication buffers are channel-major ``(c, b, rows, cols)`` / ``(k, b, h, w)`` so that
-the blocks of each collective are contiguous.
+the blocks of each collective are contiguous. The local window is assembled directly in
+the kernel's ``(b, c, rows, cols)`` layout, and the kernel writes its partial output
+through a transposed view of the ``(k, b, h, w)`` reduce-scatter buffer, so no layout copy
+of either exists. Every buffer is freed as soon as the next phase no longer needs it; the
+live set of each phase is what :func:`parconv.partition.rank_memory_bytes` adds up
+(``docs/runtime.md``, "Memory").
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import dtypes
-from ..reference import checked_cast
+from ..reference import AccumulatorOverflow
 from .comm import GridComm
 from .errors import corrupt_requested, fault_point
 from .exchange import Counters, allgather, alltoallv, reduce_scatter
@@ -51,17 +56,42 @@ def _phase(stats: RankStats, rank: int, name: str) -> Iterator[None]:
         stats.seconds[name] = stats.seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def _take(a: np.ndarray, idx: np.ndarray, axis: int) -> np.ndarray:
-    """``a`` restricted to positions ``idx`` along ``axis`` (a view when contiguous)."""
-    if idx.size and idx[-1] - idx[0] + 1 == idx.size:
-        sl = [slice(None)] * a.ndim
-        sl[axis] = slice(int(idx[0]), int(idx[-1]) + 1)
-        return a[tuple(sl)]
-    return np.take(a, idx, axis=axis)
+def _index(idx: np.ndarray) -> slice | np.ndarray:
+    """``idx`` as a slice when it is an arithmetic progression (indexing makes a view),
+    else the index array itself."""
+    n = idx.size
+    if n == 0:
+        return slice(0, 0)
+    first = int(idx[0])
+    if n == 1:
+        return slice(first, first + 1)
+    step = int(idx[1]) - first
+    if step > 0 and bool(np.all(np.diff(idx) == step)):
+        return slice(first, int(idx[-1]) + 1, step)
+    return np.asarray(idx)
 
 
-def _sub(a: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    return _take(_take(a, rows, 2), cols, 3)
+_ALL = np.empty(0, np.int64)   # marker: the whole axis
+
+
+def _copy(dst: np.ndarray, d_rows, d_cols, src: np.ndarray, s_rows, s_cols,
+          swap: bool) -> None:
+    """``dst[:, :, d_rows, d_cols] = src[:, :, s_rows, s_cols]`` with the first two axes of
+    the source swapped when ``swap`` (``(b, c)`` <-> ``(c, b)``), without a temporary of
+    the copied size: arithmetic-progression index sets are slices (views on both sides);
+    otherwise the copy goes one row at a time (a temporary of at most one row).
+    ``_ALL`` selects a whole axis."""
+    dr, dc, sr, sc = (slice(None) if i is _ALL else _index(i)
+                      for i in (d_rows, d_cols, s_rows, s_cols))
+    if all(isinstance(i, slice) for i in (dr, dc, sr, sc)):
+        piece = src[:, :, sr, sc]
+        dst[:, :, dr, dc] = piece.swapaxes(0, 1) if swap else piece
+        return
+    d_list = np.arange(dst.shape[2])[dr] if isinstance(dr, slice) else dr
+    s_list = np.arange(src.shape[2])[sr] if isinstance(sr, slice) else sr
+    for di, si in zip(d_list.tolist(), s_list.tolist()):
+        piece = src[:, :, si, sc]
+        dst[:, :, di, dc] = piece.swapaxes(0, 1) if swap else piece
 
 
 def default_kernel():
@@ -99,72 +129,97 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     b, c_blk, k_blk = z["b"], z["c_blk"], z["k_blk"]
     out_hw = (z["out_h"], z["out_w"])
 
-    # 1. input allgather along the k-fiber
+    # Every buffer below is in partition.rank_memory_bytes' live sets (same names); each is
+    # freed as soon as the next phase no longer needs it.
+    # 1. input allgather along the k-fiber: own used plane, channel-major (c, b, rows, cols)
     with _phase(stats, rank, "input_allgather"):
         r_lo, c_lo = sched.own_origin
-        used = _sub(x_local, sched.used_rows - r_lo, sched.used_cols - c_lo)
-        send = np.ascontiguousarray(used.transpose(1, 0, 2, 3))
-        gathered = np.empty((c_blk, b, len(sched.used_rows), len(sched.used_cols)), in_dt)
-        allgather(gc.fibers["input_allgather"], ops["input_allgather"], send, gathered,
-                  stats.counters)
+        nr, nc = len(sched.used_rows), len(sched.used_cols)
+        send = np.empty((z["c_own"], b, nr, nc), in_dt)
+        _copy(send, _ALL, _ALL, x_local, sched.used_rows - r_lo, sched.used_cols - c_lo, True)
+        if len(ops["input_allgather"].members) == 1:   # nothing to gather: no copy
+            gathered = send
+            stats.counters.add("input_allgather", 0, 0)
+        else:
+            gathered = np.empty((c_blk, b, nr, nc), in_dt)
+            allgather(gc.fibers["input_allgather"], ops["input_allgather"], send, gathered,
+                      stats.counters)
+        del send
 
-    # 2. halo exchange into the local window
+    # 2. halo exchange; the window is built directly in the kernel's (b, c, rows, cols)
     with _phase(stats, rank, "input_halo"):
         (wr0, wr1), (wc0, wc1) = sched.window
-        window = np.zeros((c_blk, b, wr1 - wr0, wc1 - wc0), in_dt)
+        window = np.zeros((b, c_blk, wr1 - wr0, wc1 - wc0), in_dt)
         if sched.self_rows.size and sched.self_cols.size:
-            window[:, :, (sched.self_rows - wr0)[:, None], (sched.self_cols - wc0)[None, :]] = \
-                _sub(gathered, np.searchsorted(sched.used_rows, sched.self_rows),
-                     np.searchsorted(sched.used_cols, sched.self_cols))
+            _copy(window, sched.self_rows - wr0, sched.self_cols - wc0, gathered,
+                  np.searchsorted(sched.used_rows, sched.self_rows),
+                  np.searchsorted(sched.used_cols, sched.self_cols), True)
         segments, shapes = {}, {}
         for j, hp in sched.halo.items():
             if hp.send_rows.size and hp.send_cols.size:
-                seg = _sub(gathered, np.searchsorted(sched.used_rows, hp.send_rows),
-                           np.searchsorted(sched.used_cols, hp.send_cols))
-                segments[j] = np.ascontiguousarray(seg)
+                seg = np.empty((c_blk, b, hp.send_rows.size, hp.send_cols.size), in_dt)
+                _copy(seg, _ALL, _ALL, gathered, np.searchsorted(sched.used_rows, hp.send_rows),
+                      np.searchsorted(sched.used_cols, hp.send_cols), False)
+                segments[j] = seg
             if hp.recv_rows.size and hp.recv_cols.size:
                 shapes[j] = (c_blk, b, hp.recv_rows.size, hp.recv_cols.size)
+        del gathered
         got = alltoallv(gc.fibers["input_halo"], ops["input_halo"], segments, shapes, in_dt,
                         stats.counters)
-        for j, seg in got.items():
+        del segments
+        for j in list(got):
             hp = sched.halo[j]
-            window[:, :, (hp.recv_rows - wr0)[:, None], (hp.recv_cols - wc0)[None, :]] = seg
-        del gathered
+            _copy(window, hp.recv_rows - wr0, hp.recv_cols - wc0, got.pop(j), _ALL, _ALL, True)
+        del got
 
     # 3. filter allgather along the b·h·w fiber
     with _phase(stats, rank, "filter_allgather"):
-        filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
-        allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
-                  np.ascontiguousarray(w_local), filt, stats.counters)
-
-    # 4. local convolution in accumulator precision
-    with _phase(stats, rank, "compute"):
-        x_win = np.ascontiguousarray(window.transpose(1, 0, 2, 3))
-        del window
-        if local_compute is not None:
-            partial, extra = local_compute(x_win, filt, sched)
-            stats.extra.update(extra)
+        if len(ops["filter_allgather"].members) == 1:   # the owned block is the whole
+            filt = np.ascontiguousarray(w_local)
+            stats.counters.add("filter_allgather", 0, 0)
         else:
-            partial = np.zeros((b, k_blk, *out_hw), acc_dt)
-            (kernel or default_kernel())(x_win, filt, partial, spec.stride, spec.dilation,
-                                         sched.offset)
-        if keep is not None:
-            keep.update(window=x_win, filter=filt)
-        del x_win
+            filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
+            allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
+                      np.ascontiguousarray(w_local), filt, stats.counters)
+
+    # 4. local convolution in accumulator precision, straight into the k-major (k, b, h, w)
+    #    layout whose k-blocks the reduce-scatter sends (no send copy)
+    with _phase(stats, rank, "compute"):
+        partial = np.zeros((k_blk, b, *out_hw), acc_dt)
+        if local_compute is not None:
+            res, extra = local_compute(window, filt, sched)
+            stats.extra.update(extra)
+            partial[...] = res.transpose(1, 0, 2, 3)
+            del res
+        else:
+            (kernel or default_kernel())(window, filt, partial.transpose(1, 0, 2, 3),
+                                         spec.stride, spec.dilation, sched.offset)
+        if keep is not None:  # the backward passes reuse the window and the filter
+            keep.update(window=window, filter=filt)
+        del window, filt
 
     # 5. reduce-scatter along the c-fiber, then the cast to the output dtype
     with _phase(stats, rank, "output_reduce_scatter"):
-        send = np.ascontiguousarray(partial.transpose(1, 0, 2, 3))
-        del partial
-        recv = np.empty((z["k_o"], b, *out_hw), acc_dt)
-        reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"], send,
-                       recv, stats.counters)
-    with _phase(stats, rank, "cast"):
-        out = recv.transpose(1, 0, 2, 3)
-        if prec.is_integer:  # a narrower integer output raises instead of wrapping
-            out = np.ascontiguousarray(checked_cast(out, prec.output))
+        if len(ops["output_reduce_scatter"].members) == 1:   # the partial is the result
+            recv = partial        # (MPI would copy it through a temporary of its size)
+            stats.counters.add("output_reduce_scatter", 0, 0)
         else:
-            out = out.astype(dtypes.numpy_dtype(prec.output), order="C")
+            recv = np.empty((z["k_o"], b, *out_hw), acc_dt)
+            reduce_scatter(gc.fibers["output_reduce_scatter"], ops["output_reduce_scatter"],
+                           partial, recv, stats.counters)
+        del partial
+    with _phase(stats, rank, "cast"):
+        src = recv.transpose(1, 0, 2, 3)
+        if prec.is_integer and recv.size:  # a narrower integer output raises, never wraps
+            lo, hi = dtypes.value_range(prec.output)
+            vmin, vmax = recv.min(), recv.max()
+            if vmin < lo or vmax > hi:
+                raise AccumulatorOverflow(
+                    f"integer convolution result range [{vmin}, {vmax}] does not fit the "
+                    f"{prec.output} accumulator [{int(lo)}, {int(hi)}]")
+        out = np.empty(src.shape, dtypes.numpy_dtype(prec.output))
+        np.copyto(out, src, casting="unsafe")
+        del src, recv
         if corrupt_requested(rank) and out.size:
             out.reshape(-1)[0] += 1
     return out, stats
