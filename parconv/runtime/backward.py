@@ -27,7 +27,7 @@ import numpy as np
 from .. import dtypes
 from .comm import GridComm
 from .exchange import allgather, alltoallv, reduce_scatter
-from .execute import RankStats, _phase, _sub
+from .execute import _ALL, RankStats, _copy, _index, _phase
 from .schedule import OpSchedule, Schedule, forward_source
 
 
@@ -35,16 +35,36 @@ def _fiber(gc: GridComm, op: str):
     return gc.fibers[forward_source(op)]
 
 
+def _alone(ops: dict[str, OpSchedule], op: str, stats: RankStats) -> bool:
+    """True (and (0, 0) counted) when ``op``'s communicator has one member: nothing moves
+    and, as in the forward pass, no buffer is copied."""
+    if len(ops[op].members) == 1:
+        stats.counters.add(op, 0, 0)
+        return True
+    return False
+
+
+def _add(dst: np.ndarray, rows: np.ndarray, cols: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:, :, rows, cols] += src`` (index sets as views where they are progressions)."""
+    r, c = _index(rows), _index(cols)
+    if isinstance(r, np.ndarray) and isinstance(c, np.ndarray):
+        r = r[:, None]
+    dst[:, :, r, c] += src
+
+
 def gather_grad_output(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule],
                        grad_y_local: np.ndarray, stats: RankStats) -> np.ndarray:
     """Step 1: the ``(b, k_blk, out_h, out_w)`` output gradient of this rank's k-block."""
     z = sched.sizes
     out_dt = dtypes.numpy_dtype(sched.spec.precision.output)
-    with _phase(stats, sched.rank, "grad_output_allgather"):
+    op = "grad_output_allgather"
+    with _phase(stats, sched.rank, op):
+        if _alone(ops, op, stats):
+            return np.ascontiguousarray(grad_y_local)
         send = np.ascontiguousarray(grad_y_local.transpose(1, 0, 2, 3))
         gathered = np.empty((z["k_blk"], z["b"], z["out_h"], z["out_w"]), out_dt)
-        op = "grad_output_allgather"
         allgather(_fiber(gc, op), ops[op], send, gathered, stats.counters)
+        del send
         return np.ascontiguousarray(gathered.transpose(1, 0, 2, 3))
 
 
@@ -52,61 +72,58 @@ def grad_input(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], grad_y
                filt: np.ndarray, stats: RankStats, kernel=None) -> np.ndarray:
     """Steps 2–4: this rank's owned block of the input gradient (input dtype)."""
     from ..kernels import dgrad_window
+    from ..partition import layout
 
     spec, z = sched.spec, sched.sizes
     prec = spec.precision
     acc_dt = dtypes.numpy_dtype(prec.accum)
     b, c_blk = z["b"], z["c_blk"]
     (wr0, wr1), (wc0, wc1) = sched.window
+    ur, uc = sched.used_rows, sched.used_cols
     with _phase(stats, sched.rank, "compute_dgrad"):
         win = np.zeros((b, c_blk, wr1 - wr0, wc1 - wc0), acc_dt)
         (kernel or dgrad_window)(grad_y, filt, win, spec.stride, spec.dilation, sched.offset)
-        win = win.transpose(1, 0, 2, 3)  # (c, b, rows, cols) view, like the forward window
 
     with _phase(stats, sched.rank, "grad_input_halo"):
+        # the adjoint of the halo exchange: send back what was received, add what was sent
         segments, shapes = {}, {}
-        for j, hp in sched.halo.items():  # send back what was received, receive what was sent
+        for j, hp in sched.halo.items():
             if hp.recv_rows.size and hp.recv_cols.size:
-                segments[j] = np.ascontiguousarray(_sub(win, hp.recv_rows - wr0,
-                                                        hp.recv_cols - wc0))
+                seg = np.empty((c_blk, b, hp.recv_rows.size, hp.recv_cols.size), acc_dt)
+                _copy(seg, _ALL, _ALL, win, hp.recv_rows - wr0, hp.recv_cols - wc0, True)
+                segments[j] = seg
             if hp.send_rows.size and hp.send_cols.size:
                 shapes[j] = (c_blk, b, hp.send_rows.size, hp.send_cols.size)
+        plane = np.zeros((c_blk, b, ur.size, uc.size), acc_dt)
+        if sched.self_rows.size and sched.self_cols.size:
+            _copy(plane, np.searchsorted(ur, sched.self_rows), np.searchsorted(uc, sched.self_cols),
+                  win, sched.self_rows - wr0, sched.self_cols - wc0, True)
+        del win
         op = "grad_input_halo"
         got = alltoallv(_fiber(gc, op), ops[op], segments, shapes, acc_dt, stats.counters)
-        plane = np.zeros((c_blk, b, sched.used_rows.size, sched.used_cols.size), acc_dt)
-        ur, uc = sched.used_rows, sched.used_cols
-        if sched.self_rows.size and sched.self_cols.size:
-            plane[:, :, np.searchsorted(ur, sched.self_rows)[:, None],
-                  np.searchsorted(uc, sched.self_cols)[None, :]] += \
-                _sub(win, sched.self_rows - wr0, sched.self_cols - wc0)
-        del win, segments
-        for j, seg in got.items():
+        del segments
+        for j in list(got):
             hp = sched.halo[j]
-            plane[:, :, np.searchsorted(ur, hp.send_rows)[:, None],
-                  np.searchsorted(uc, hp.send_cols)[None, :]] += seg
+            _add(plane, np.searchsorted(ur, hp.send_rows), np.searchsorted(uc, hp.send_cols),
+                 got.pop(j))
         del got
 
-    with _phase(stats, sched.rank, "grad_input_reduce_scatter"):
-        recv = np.empty((z["c_own"], b, ur.size, uc.size), acc_dt)
-        op = "grad_input_reduce_scatter"
-        reduce_scatter(_fiber(gc, op), ops[op], plane, recv, stats.counters)
+    op = "grad_input_reduce_scatter"
+    with _phase(stats, sched.rank, op):
+        if _alone(ops, op, stats):
+            recv = plane
+        else:
+            recv = np.empty((z["c_own"], b, ur.size, uc.size), acc_dt)
+            reduce_scatter(_fiber(gc, op), ops[op], plane, recv, stats.counters)
         del plane
     with _phase(stats, sched.rank, "cast_grad_input"):
-        return _place_owned(sched, recv)
-
-
-def _place_owned(sched: Schedule, recv: np.ndarray) -> np.ndarray:
-    """The owned input-gradient block: ``recv`` at the used rows/cols, zero elsewhere."""
-    from ..partition import layout
-
-    prec = sched.spec.precision
-    me = layout(sched.spec, sched.grid, sched.rank)
-    r_lo, c_lo = sched.own_origin
-    out = np.zeros(me.input_owned_shape, dtypes.numpy_dtype(prec.input))
-    if recv.size:
-        out[:, :, (sched.used_rows - r_lo)[:, None], (sched.used_cols - c_lo)[None, :]] = \
-            recv.transpose(1, 0, 2, 3).astype(out.dtype)
-    return out
+        # rows and columns no output reads get zero gradient
+        out = np.zeros(layout(spec, sched.grid, sched.rank).input_owned_shape,
+                       dtypes.numpy_dtype(prec.input))
+        r_lo, c_lo = sched.own_origin
+        if recv.size:
+            _copy(out, ur - r_lo, uc - c_lo, recv, _ALL, _ALL, True)
+        return out
 
 
 def grad_filter(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], x_win: np.ndarray,
@@ -119,8 +136,10 @@ def grad_filter(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], x_win
     with _phase(stats, sched.rank, "compute_wgrad"):
         gw = np.zeros((z["k_blk"], z["c_blk"], spec.R, spec.S), acc_dt)
         (kernel or wgrad_window)(x_win, grad_y, gw, spec.stride, spec.dilation, sched.offset)
-    with _phase(stats, sched.rank, "grad_filter_reduce_scatter"):
+    op = "grad_filter_reduce_scatter"
+    with _phase(stats, sched.rank, op):
+        if _alone(ops, op, stats):
+            return gw
         recv = np.empty((z["k_f"], z["c_blk"], spec.R, spec.S), acc_dt)
-        op = "grad_filter_reduce_scatter"
         reduce_scatter(_fiber(gc, op), ops[op], gw, recv, stats.counters)
     return recv
