@@ -156,7 +156,7 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     with _phase(stats, rank, "cast"):
         out = recv.transpose(1, 0, 2, 3)
         if prec.is_integer:  # a narrower integer output raises instead of wrapping
-            out = np.ascontiguousarray(checked_cast(out, prec.output))
+            out = np.ascontiguousarray(checked_cast(out, prec.output, "output type"))
         else:
             out = out.astype(dtypes.numpy_dtype(prec.output), order="C")
         if corrupt_requested(rank) and out.size:
