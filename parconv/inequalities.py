@@ -49,12 +49,9 @@ I1W = "I1w (Loomis-Whitney per stride class)"
 
 
 def _axis_usage(ax: Axis) -> tuple[int, int, int]:
-    """(number of real (h, r) pairs, taps r used by some real pair, outputs h with a real tap)."""
-    h = np.arange(ax.out_size)[:, None]
-    r = np.arange(ax.kernel)[None, :]
-    x = ax.input_index(h, r)
-    real = (x >= 0) & (x < ax.in_size)
-    return int(real.sum()), int(real.any(axis=0).sum()), int(real.any(axis=1).sum())
+    """(number of real (h, r) pairs, taps r used by some real pair, outputs h with a real tap)
+    (closed form, :attr:`parconv.spec.Axis.usage`)."""
+    return ax.usage
 
 
 @dataclass(frozen=True)
@@ -175,18 +172,9 @@ def stride_classes(ax: Axis) -> dict[int, tuple[int, int]]:
     multiplicity within the class = max count of one such x)}`` (non-empty classes only).
 
     A tap r reads only rows x ≡ δ·r − pad (mod σ), so classes partition both the real
-    input rows and the taps."""
-    h = np.arange(ax.out_size)[:, None]
-    r = np.arange(ax.kernel)[None, :]
-    x = ax.input_index(h, r)
-    x = x[(x >= 0) & (x < ax.in_size)]
-    cnt = np.bincount(x, minlength=ax.in_size) if x.size else np.zeros(ax.in_size, dtype=int)
-    out = {}
-    for k in range(ax.stride):
-        sel = cnt[k::ax.stride]
-        if sel.sum() > 0:
-            out[k] = (int(sel.sum()), int(sel.max()))
-    return out
+    input rows and the taps. Closed form (:attr:`parconv.spec.Axis.class_stats`), in time
+    independent of the extents."""
+    return dict(ax.class_stats)
 
 
 @lru_cache(maxsize=4096)

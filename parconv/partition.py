@@ -36,6 +36,7 @@ Operations (payload bytes counted by their semantics):
 from __future__ import annotations
 
 import itertools
+import math
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -65,7 +66,7 @@ def balanced_block(n: int, p: int, i: int) -> Range:
 def block_sizes(n: int, p: int) -> np.ndarray:
     """Sizes of the ``p`` balanced blocks of ``n`` items."""
     q, rem = divmod(n, p)
-    return np.array([q + (1 if i < rem else 0) for i in range(p)], dtype=np.int64)
+    return q + (np.arange(p, dtype=np.int64) < rem)
 
 
 def _len(r: Range) -> int:
@@ -93,8 +94,9 @@ class Grid:
     def parse(cls, text: str) -> Grid:
         """Parse ``BxKxCxHxW`` (e.g. ``2x1x3x1x1``)."""
         parts = re.split(r"[x×,]", text.strip().lower())
-        if len(parts) != 5 or not all(p.strip().isdigit() for p in parts):
-            raise ValueError(f"grid {text!r}: expected five positive integers BxKxCxHxW, e.g. 2x1x2x1x1")
+        if len(parts) != 5 or not all(re.fullmatch(r"[0-9]+", p.strip()) for p in parts):
+            raise ValueError(f"grid {text!r}: expected five positive integers BxKxCxHxW (ASCII "
+                             "digits), e.g. 2x1x2x1x1")
         return cls(*(int(p) for p in parts))
 
     @property
@@ -104,7 +106,7 @@ class Grid:
     @property
     def size(self) -> int:
         """Number of ranks P."""
-        return int(np.prod(self.dims))
+        return math.prod(self.dims)
 
     def coords(self, rank: int) -> tuple[int, int, int, int, int]:
         """Grid coordinates of a rank (row-major, as ``Create_cart``)."""
@@ -214,11 +216,11 @@ class RankLayout:
     @cached_property
     def need_rows(self) -> np.ndarray:
         """Sorted input row indices read by this rank's output rows."""
-        return np.flatnonzero(self.spec.axes[0].used_mask(*self.out_rows))
+        return self.spec.axes[0].used_indices(*self.out_rows)
 
     @cached_property
     def need_cols(self) -> np.ndarray:
-        return np.flatnonzero(self.spec.axes[1].used_mask(*self.out_cols))
+        return self.spec.axes[1].used_indices(*self.out_cols)
 
     @cached_property
     def need_window(self) -> tuple[Range, Range]:
@@ -228,13 +230,11 @@ class RankLayout:
     @cached_property
     def own_used_rows(self) -> np.ndarray:
         """Owned input rows that some output (any rank's) reads."""
-        lo, hi = self.own_rows
-        return lo + np.flatnonzero(_global_used(self.spec, 0)[lo:hi])
+        return self.spec.axes[0].used_indices(0, None, *self.own_rows)
 
     @cached_property
     def own_used_cols(self) -> np.ndarray:
-        lo, hi = self.own_cols
-        return lo + np.flatnonzero(_global_used(self.spec, 1)[lo:hi])
+        return self.spec.axes[1].used_indices(0, None, *self.own_cols)
 
     # sizes
     @property
@@ -252,10 +252,6 @@ class RankLayout:
     @property
     def partial_output_shape(self) -> tuple[int, int, int, int]:
         return (_len(self.batch), _len(self.out_channels), _len(self.out_rows), _len(self.out_cols))
-
-
-def _global_used(spec: ConvSpec, axis: int) -> np.ndarray:
-    return spec.axes[axis].used_mask()
 
 
 def layout(spec: ConvSpec, grid: Grid, rank: int) -> RankLayout:
@@ -400,7 +396,7 @@ def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]
     bhw = b * h * w
     k_o = _len(me.output_out_channels_owned)
     return {
-        "owned_input": int(np.prod(me.input_owned_shape)),
+        "owned_input": math.prod(me.input_owned_shape),
         "owned_filter": -(-k_blk // q) * c_blk * spec.R * spec.S,
         "allgather_send": b * c_own * used if grid.k > 1 else 0,
         "gathered": b * c_blk * used,

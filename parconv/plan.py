@@ -40,6 +40,53 @@ from .partition import (
 )
 from .spec import Axis, ConvSpec
 
+# ----------------------------------------------------------------------------- limits
+
+#: Most ranks the planner accepts (its per-rank tables and searches are O(P)).
+MAX_PROCS = 1 << 20
+#: Most (blocks along one spatial axis) x (kernel taps) the planner accepts: its per-axis
+#: tables cost that much (the spatial extents themselves do not matter).
+MAX_AXIS_WORK = 1 << 24
+
+
+def check_plannable(spec: ConvSpec, procs: int) -> None:
+    """Refuse up front what the planner cannot evaluate exactly.
+
+    The planner evaluates bytes and bits with vectorised int64 arithmetic. Every figure
+    it forms (per-rank bits, totals over ranks of bytes, the im2col baseline) is at most
+    ``64 · P · (2·|In| + |F| + 2·|Out| + |im2col|)`` in absolute value, so when that is
+    below 2**63 none can overflow; otherwise the layer is refused.
+
+    Raises
+    ------
+    ValueError
+        If ``procs`` exceeds :data:`MAX_PROCS`, ``min(procs, out extent) × taps`` of an
+        axis exceeds :data:`MAX_AXIS_WORK`, or the bound above reaches 2**63.
+    """
+    if procs > MAX_PROCS:
+        raise ValueError(f"{procs} ranks: the planner supports at most {MAX_PROCS} "
+                         f"(2**{MAX_PROCS.bit_length() - 1})")
+    for ax, axis in zip("hw", spec.axes):
+        work = min(procs, axis.out_size) * axis.kernel
+        if work > MAX_AXIS_WORK:
+            raise ValueError(
+                f"{procs} ranks with a {axis.kernel}-tap kernel along {ax}: the planner's "
+                f"per-axis tables cost (blocks x taps) = {work}, more than the supported "
+                f"{MAX_AXIS_WORK} (2**{MAX_AXIS_WORK.bit_length() - 1})")
+    im2col = spec.B * spec.H * spec.W * spec.C * spec.R * spec.S
+    elems = 2 * spec.input_elems + spec.filter_elems + 2 * spec.output_elems + im2col
+    worst = 64 * procs * elems
+    if worst >= 1 << 63:
+        total = (spec.precision.p_input * spec.input_elems
+                 + spec.precision.p_filter * spec.filter_elems
+                 + spec.precision.p_output * spec.output_elems) // 8
+        raise ValueError(
+            f"layer too large to plan exactly: its input, filter and output hold {total} bytes "
+            f"(about 2**{total.bit_length() - 1}); with P={procs} the byte and bit figures "
+            f"could reach 2**{worst.bit_length() - 1}, beyond the planner's int64 range "
+            "(2**63); use smaller sizes")
+
+
 # ----------------------------------------------------------------------------- axis tables
 
 
@@ -76,36 +123,39 @@ class AxisTable:
     pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
+def _block_starts(n: int, p: int) -> np.ndarray:
+    """First index of each of the ``p`` balanced blocks of ``n`` items, and ``n``."""
+    q, rem = divmod(n, p)
+    i = np.arange(p + 1, dtype=np.int64)
+    return i * q + np.minimum(i, rem)
+
+
 @lru_cache(maxsize=4096)
 def axis_table(axis: Axis, p: int) -> AxisTable:
-    """Exact per-block facts of ``axis`` split into ``p`` balanced blocks (cached)."""
+    """Exact per-block facts of ``axis`` split into ``p`` balanced blocks (cached).
+
+    Closed forms (:meth:`parconv.spec.Axis.read_counts`, :meth:`~parconv.spec.Axis.read_windows`):
+    time and memory O(p·R) (times the owner blocks one tap's reads span, about 2),
+    independent of the spatial extent.
+    """
     n_out, n_in = axis.out_size, axis.in_size
-    h = np.repeat(np.arange(n_out, dtype=np.int64), axis.kernel)
-    x = axis.input_index(h, np.tile(np.arange(axis.kernel, dtype=np.int64), n_out))
-    keep = (x >= 0) & (x < n_in)
-    blk = _block_of(h[keep], n_out, p)
-    key = np.unique(blk * n_in + x[keep])          # distinct (reader block, input row)
-    rb, xr = key // n_in, key % n_in
-    owner = _block_of(xr, n_in, p)
-    need = np.bincount(rb, minlength=p)
-    self_need = np.bincount(rb[owner == rb], minlength=p)
-    sent = np.bincount(owner, minlength=p)
-    used_rows = np.unique(xr)
-    used = np.bincount(_block_of(used_rows, n_in, p), minlength=p)
-    lo = np.full(p, n_in, dtype=np.int64)
-    hi = np.full(p, -1, dtype=np.int64)
-    np.minimum.at(lo, rb, xr)
-    np.maximum.at(hi, rb, xr)
-    win = np.where(need > 0, hi - lo + 1, 0)
+    ob, ib = _block_starts(n_out, p), _block_starts(n_in, p)
+    need = axis.read_counts(ob[:-1], ob[1:])
+    used = axis.read_counts(0, n_out, ib[:-1], ib[1:])
+    wlo, whi = axis.read_windows(ob[:-1], ob[1:])
+    win = whi - wlo
+    rd, ow, cnt = axis.overlaps(ob, ib)
+    self_need, sent = np.zeros(p, dtype=np.int64), np.zeros(p, dtype=np.int64)
+    np.add.at(self_need, rd[rd == ow], cnt[rd == ow])
+    np.add.at(sent, ow, cnt)
     out, own = block_sizes(n_out, p), block_sizes(n_in, p)
     feats = np.stack([out, own, used, need, self_need, win], axis=1)
-    _, inv = np.unique(feats, axis=0, return_inverse=True)
-    inv = inv.ravel()
-    cls_max = np.full(inv.max() + 1, -1, dtype=np.int64)
-    np.maximum.at(cls_max, inv, np.arange(p))
-    pk, cnt = np.unique(rb * p + owner, return_counts=True)
+    order = np.lexsort(feats.T[::-1])
+    sf = feats[order]
+    heads = np.flatnonzero(np.r_[True, (sf[1:] != sf[:-1]).any(axis=1)])
+    cls_max = np.maximum.reduceat(order, heads)
     return AxisTable(out, own, used, need, self_need, sent, win, np.sort(cls_max),
-                     (pk // p, pk % p, cnt))
+                     (rd, ow, cnt))
 
 
 def _interval_max(p: int, thresholds) -> np.ndarray:
@@ -252,11 +302,13 @@ def _totals(spec: ConvSpec, dims: np.ndarray) -> np.ndarray:
 def total_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Sum over ranks of received bytes (closed form; equals the sum of the per-rank
     volumes, tested)."""
+    check_plannable(spec, grid.size)
     return int(_totals(spec, np.array([grid.dims], dtype=np.int64))[0])
 
 
 def max_rank_recv_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Exact maximum over ranks of received bytes (all operations), via block classes."""
+    check_plannable(spec, grid.size)
     vol = _volumes(spec, grid, _class_indices(spec, grid), send=False)
     return int(sum(r for r, _ in vol.values()).max())
 
@@ -326,6 +378,7 @@ def _memory_class_indices(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, ...]:
 
 def max_rank_memory_bytes(spec: ConvSpec, grid: Grid) -> int:
     """Exact maximum over ranks of :func:`parconv.partition.rank_memory_bytes`."""
+    check_plannable(spec, grid.size)
     return int(_memory_bits(spec, grid, _memory_class_indices(spec, grid)).max()) // 8
 
 
@@ -384,7 +437,13 @@ def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
 
     Exact: a grid is skipped only when its average received bytes (a lower bound on its
     maximum) already exceeds the best maximum found.
+
+    Raises
+    ------
+    ValueError
+        If the layer or ``procs`` is beyond :func:`check_plannable`.
     """
+    check_plannable(spec, procs)
     dims = _candidate_dims(spec, procs, axes)
     if len(dims) == 0:
         return None
@@ -595,6 +654,7 @@ def plan_for_grid(spec: ConvSpec, grid: Grid, memory_bytes: int | None = None) -
         ``memory_bytes``) some rank needs more memory than that.
     """
     check_grid(spec, grid)
+    check_plannable(spec, grid.size)
     mem = max_rank_memory_bytes(spec, grid)
     if memory_bytes is not None and mem > memory_bytes:
         raise ValueError(f"grid {grid} needs {mem} bytes on its busiest rank, more than "

@@ -74,18 +74,19 @@ def conv2d_reference(
             # (B, C, H, W) x (K, C) -> (B, K, H, W)
             out += np.einsum("bchw,kc->bkhw", patch, wa[:, :, r, s], optimize=True)
     if integer:
-        return checked_cast(out, out_dtype)
+        return checked_cast(out, out_dtype, "result type")
     return out.astype(dtypes.numpy_dtype(out_dtype))
 
 
-def checked_cast(values: np.ndarray, dtype: str) -> np.ndarray:
+def checked_cast(values: np.ndarray, dtype: str, what: str = "accumulator") -> np.ndarray:
     """Cast exact integers to ``dtype``, raising :class:`AccumulatorOverflow` if any value
-    falls outside its range."""
+    falls outside its range; ``what`` names the role of ``dtype`` in the message
+    (``"accumulator"``, ``"output type"``, ...)."""
     lo, hi = dtypes.value_range(dtype)
     if values.size and (values.min() < lo or values.max() > hi):
         raise AccumulatorOverflow(
             f"integer convolution result range [{values.min()}, {values.max()}] does not fit "
-            f"the {dtype} accumulator [{int(lo)}, {int(hi)}]"
+            f"the {dtype} {what} [{int(lo)}, {int(hi)}]"
         )
     return values.astype(dtypes.numpy_dtype(dtype))
 
@@ -115,7 +116,7 @@ def reference_for_spec(spec: ConvSpec, x: np.ndarray, w: np.ndarray) -> np.ndarr
     """Reference output for a spec, in the spec's output dtype (via the accumulator)."""
     out = conv2d_reference(x, w, spec.stride, spec.padding, spec.dilation, spec.precision.accum)
     return out.astype(dtypes.numpy_dtype(spec.precision.output)) if not spec.precision.is_integer \
-        else checked_cast(out.astype(np.int64), spec.precision.output)
+        else checked_cast(out.astype(np.int64), spec.precision.output, "output type")
 
 
 def _pairs(stride, padding, dilation):

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from .plan import _divisors, _interval_max, _split, best_grid, max_rank_traffic_bytes
+from .plan import (
+    _divisors,
+    _interval_max,
+    _split,
+    best_grid,
+    check_plannable,
+    max_rank_traffic_bytes,
+)
 from .spec import ConvSpec
 
 #: Strategy name -> grid axes it may split (None: the im2col + matmul strategy).
@@ -128,6 +135,7 @@ def _matmul_classes(spec: ConvSpec, pm: int, pn: int, pk: int) -> tuple[np.ndarr
 
 def im2col_matmul(spec: ConvSpec, procs: int, memory_bytes: int | None = None) -> StrategyResult | None:
     """Best ``pm × pn × pk`` grid (pm ≤ K, pn ≤ BHW, pk ≤ CRS) for the im2col GEMM."""
+    check_plannable(spec, procs)
     m, n, k = matmul_shape(spec)
     best = None
     for pm in _divisors(procs):

@@ -216,7 +216,7 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
             if vmin < lo or vmax > hi:
                 raise AccumulatorOverflow(
                     f"integer convolution result range [{vmin}, {vmax}] does not fit the "
-                    f"{prec.output} accumulator [{int(lo)}, {int(hi)}]")
+                    f"{prec.output} output type [{int(lo)}, {int(hi)}]")
         out = np.empty(src.shape, dtypes.numpy_dtype(prec.output))
         np.copyto(out, src, casting="unsafe")
         del src, recv

@@ -212,7 +212,7 @@ def fiber_members(grid: Grid, coords, keep) -> tuple[int, ...]:
 @lru_cache(maxsize=4096)
 def _need(axis: Axis, p: int, i: int) -> np.ndarray:
     lo, hi = balanced_block(axis.out_size, p, i)
-    out = np.flatnonzero(axis.used_mask(lo, hi))
+    out = axis.used_indices(lo, hi)
     out.flags.writeable = False
     return out
 
@@ -220,7 +220,7 @@ def _need(axis: Axis, p: int, i: int) -> np.ndarray:
 @lru_cache(maxsize=4096)
 def _own_used(axis: Axis, p: int, i: int) -> np.ndarray:
     lo, hi = balanced_block(axis.in_size, p, i)
-    out = lo + np.flatnonzero(axis.used_mask()[lo:hi])
+    out = axis.used_indices(0, None, lo, hi)
     out.flags.writeable = False
     return out
 
@@ -229,13 +229,21 @@ def _own_used(axis: Axis, p: int, i: int) -> np.ndarray:
 def _axis_pieces(axis: Axis, p: int, i: int) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Along one axis, for block ``i``: ``{j: (indices i needs that j owns, indices j
     needs that i owns)}`` for the blocks ``j`` where either is non-empty (``j = i``
-    included: its piece pairs with the other axis's neighbours)."""
+    included: its piece pairs with the other axis's neighbours). Only the blocks that
+    block ``i`` reads or that read block ``i`` are materialised (closed-form counts find them)."""
     need_i = _need(axis, p, i)
     own_i = balanced_block(axis.in_size, p, i)
+    out_i = balanced_block(axis.out_size, p, i)
+    blocks = [(balanced_block(axis.out_size, p, j), balanced_block(axis.in_size, p, j))
+              for j in range(p)]
+    n_recv = axis.read_counts(out_i[0], out_i[1], [b[1][0] for b in blocks],
+                              [b[1][1] for b in blocks])
+    n_send = axis.read_counts([b[0][0] for b in blocks], [b[0][1] for b in blocks],
+                              own_i[0], own_i[1])
     out = {}
-    for j in range(p):
-        recv = _inter(need_i, balanced_block(axis.in_size, p, j))
-        send = _inter(_need(axis, p, j), own_i)
+    for j in np.flatnonzero((n_recv > 0) | (n_send > 0)).tolist():
+        recv = _inter(need_i, blocks[j][1])
+        send = axis.used_indices(*blocks[j][0], *own_i)
         if recv.size or send.size:
             recv.flags.writeable = send.flags.writeable = False  # shared via the cache
             out[j] = (recv, send)
