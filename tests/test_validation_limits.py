@@ -24,14 +24,17 @@ LIMIT_AS = 3 << 30
 #: Peak resident memory allowed for one `parconv plan` (imports are about 110 MB).
 MAX_RSS_MB = 400
 
+# Peak RSS from VmHWM, the high-water mark of this process's own address space: Linux
+# carries the forking parent's peak into a child's ru_maxrss across exec, so a large
+# pytest process would inflate ru_maxrss.
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from parconv.cli import main
 t = time.perf_counter()
 rc = main(sys.argv[1:])
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
 print(json.dumps({"rc": rc, "secs": time.perf_counter() - t,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}),
-      file=sys.stderr)
+                  "rss_mb": int(hwm.split()[1]) / 1024}), file=sys.stderr)
 """
 
 
