@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Subcommand modules under ``parconv.cli``, in help order.
-COMMANDS: list[str] = ["bound", "tile", "plan", "run", "gemmini", "simulate"]
+COMMANDS: list[str] = ["bound", "tile", "plan", "run", "gemmini", "simulate", "net"]
 
 
 def build_parser() -> argparse.ArgumentParser:

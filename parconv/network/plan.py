@@ -102,6 +102,13 @@ class LayerPlan:
     def total_bytes(self) -> int:
         return self.layer_bytes + self.redistribution_bytes
 
+    @property
+    def recv_bytes(self) -> int:
+        """Busiest rank's *received* bytes of the layer plus of each redistribution (a
+        grid-family figure: the bound bounds received + sent, not received alone)."""
+        return self.step.max_rank_recv_bytes + sum(r.max_rank_recv_bytes
+                                                   for r in self.redistributions.values())
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "op": self.op, "inputs": list(self.inputs),
@@ -111,7 +118,7 @@ class LayerPlan:
             "out_layout": self.out_layout.to_dict(),
             "redistributions": {k: r.to_dict() for k, r in self.redistributions.items()},
             "layer_bytes": self.layer_bytes, "redistribution_bytes": self.redistribution_bytes,
-            "bound_bytes": self.bound_bytes,
+            "recv_bytes": self.recv_bytes, "bound_bytes": self.bound_bytes,
         }
 
 
@@ -152,7 +159,13 @@ class NetworkPlan:
 
     @property
     def ratio_to_bound(self) -> float | None:
+        """total_bytes / bound_bytes (received + sent against the bound of that quantity)."""
         return self.total_bytes / self.bound_bytes if self.bound_bytes > 0 else None
+
+    @property
+    def recv_bytes(self) -> int:
+        """Σ over steps of the busiest rank's received bytes (grid-family figure)."""
+        return sum(lp.recv_bytes for lp in self.layers)
 
     def layer(self, name: str) -> LayerPlan:
         for lp in self.layers:
@@ -167,6 +180,9 @@ class NetworkPlan:
             "total_bytes": self.total_bytes, "layer_bytes": self.layer_bytes,
             "redistribution_bytes": self.redistribution_bytes,
             "bound_bytes": self.bound_bytes, "ratio_to_bound": self.ratio_to_bound,
+            "recv_bytes": self.recv_bytes,
+            "recv_ratio_grid_family": (self.recv_bytes / self.bound_bytes
+                                       if self.bound_bytes > 0 else None),
             "baselines": self.baselines, "candidates": self.candidates, "search": self.search,
             "seconds": self.seconds, "layers": [lp.to_dict() for lp in self.layers],
         }
