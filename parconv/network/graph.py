@@ -163,8 +163,17 @@ class Graph:
         return name
 
     def shape(self, name: str) -> Shape:
-        """Per-sample output shape (C, H, W) of a node."""
-        return self.nodes[name].shape
+        """Per-sample output shape (C, H, W) of a node.
+
+        Raises
+        ------
+        ValueError
+            For an unknown node (nodes are added in topological order).
+        """
+        node = self.nodes.get(name)
+        if node is None:
+            raise ValueError(f"unknown input {name!r} (add nodes in topological order)")
+        return node.shape
 
     def input(self, name: str, shape: Shape) -> str:
         """The network input of per-sample shape (C, H, W)."""

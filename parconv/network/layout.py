@@ -210,7 +210,12 @@ class Layout:
             If the block is not contiguous along some axis (use :meth:`indices`).
         """
         out = []
+        j = self.block_of_rank[rank]
         for a, idx in enumerate(self.indices(rank)):
+            pb = self.part_bounds[a]
+            if pb is not None:                 # in-order parts (empty ones at their place)
+                out.append((int(pb[0][j[a]]), int(pb[1][j[a]])))
+                continue
             if idx.size == 0:
                 out.append((0, 0))
                 continue
