@@ -8,10 +8,6 @@ import itertools
 import numpy as np
 import pytest
 
-from parconv.partition import Grid, check_grid
-from parconv.plan import candidate_grids
-from parconv.runtime.api import block_ranges
-from parconv.spec import ConvSpec
 from parconv.network.layout import (
     Layout,
     Placement,
@@ -22,6 +18,10 @@ from parconv.network.layout import (
     reduce_hw_layout,
 )
 from parconv.network.redistribute import max_rank_traffic_bytes, redistribute
+from parconv.partition import Grid, check_grid
+from parconv.plan import candidate_grids
+from parconv.runtime.api import block_ranges
+from parconv.spec import ConvSpec
 
 ORDERS = [("b", "k", "c", "h", "w"), ("b", "c", "k", "h", "w"), ("w", "c", "b", "k", "h")]
 
@@ -56,7 +56,7 @@ def test_conv_layouts_equal_partition_blocks_and_own_everything_once():
         for which, make in (("input", conv_input_layout), ("output", conv_output_layout)):
             lay = make(spec, g)
             assert lay.is_partition()
-            ref = _explicit(lay.shape, g.size, lambda r: block_ranges(spec, g, r, which))
+            ref = _explicit(lay.shape, g.size, lambda r, s=spec, gg=g, wh=which: block_ranges(s, gg, r, wh))
             assert np.array_equal(lay.owner_array(), ref)
             assert all(lay.ranges(r) == block_ranges(spec, g, r, which) for r in range(g.size))
             assert lay.owned_elems().sum() == np.prod(lay.shape)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from .graph import Graph, Node
 from .layout import Layout, Placement, conv_input_layout, conv_output_layout
 from .models import MODELS, build
-from .plan import LayerPlan, NetworkPlan, plan_network
+from .plan import LayerPlan, NetworkPlan, plan_fixed, plan_network
 from .redistribute import Redistribution, redistribute
 
 __all__ = [
     "Graph", "Node", "Layout", "Placement", "conv_input_layout", "conv_output_layout",
-    "MODELS", "build", "LayerPlan", "NetworkPlan", "plan_network", "Redistribution",
+    "MODELS", "build", "LayerPlan", "NetworkPlan", "plan_network", "plan_fixed", "Redistribution",
     "redistribute",
 ]

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import PRESETS, Precision
-from ..partition import GRID_AXES, Grid, check_grid
+from ..partition import Grid, check_grid
 from ..plan import candidate_grids
 from ..spec import ConvSpec
 from .costs import (
@@ -557,4 +557,37 @@ def plan_network(graph: Graph, batch: int, procs: int, precision: Precision | No
     return plan
 
 
-__all__ = ["LayerPlan", "NetworkPlan", "plan_network", "global_grids", "GRID_AXES"]
+def plan_fixed(graph: Graph, batch: int, procs: int, placements: dict[str, Placement | Grid],
+               precision: Precision | None = None) -> NetworkPlan:
+    """The plan with the given placement of every convolution (only the layout each
+    ``add`` keeps is chosen, optimally): e.g. a hand-picked or a baseline assignment.
+
+    Raises
+    ------
+    ValueError
+        If a convolution has no placement or a placement does not fit its layer.
+    """
+    t0 = time.perf_counter()
+    precision = precision or PRESETS["fp32"]
+    pl = _Planner(graph, batch, precision, int(procs))
+    cands = {}
+    for n in pl.specs:
+        if n not in placements:
+            raise ValueError(f"no placement given for {n}")
+        p = placements[n]
+        p = p if isinstance(p, Placement) else Placement(p)
+        if p.grid.size != procs:
+            raise ValueError(f"{n}: grid {p.grid} has {p.grid.size} ranks, not {procs}")
+        check_grid(pl.specs[n], p.grid)
+        cands[n] = [p]
+    cost, decisions = pl.solve(cands)
+    plan = NetworkPlan(graph.name, int(batch), precision, int(procs), pl.evaluate(decisions),
+                       {}, len(cands))
+    plan.search = {"chosen": "fixed", "max_states": pl.max_states}
+    if plan.total_bytes != cost:
+        raise AssertionError(f"plan evaluation {plan.total_bytes} != DP cost {cost}")
+    plan.seconds = time.perf_counter() - t0
+    return plan
+
+
+__all__ = ["LayerPlan", "NetworkPlan", "plan_network", "plan_fixed", "global_grids"]
