@@ -96,7 +96,7 @@ def _f(x, fmt="{:.2f}") -> str:
 def markdown(res: dict) -> str:
     cmd = res["command"]
     out = [f"# Network plan: {MODEL}, batch {BATCH}, image {IMAGE}x{IMAGE}", "",
-           f"Command: `{cmd}`  ", f"Machine: {res['machine']}", "",
+           f"Command: `{cmd.strip()}` (repository root; parconv importable)  ", f"Machine: {res['machine']}", "",
            "Bytes: the sum over steps (layers and redistributions, run one after another) "
            "of the busiest rank's received + sent bytes — the quantity the per-layer "
            "memory-independent bound bounds. `plan/bound` compares it with the sum of the "
