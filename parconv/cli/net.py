@@ -25,11 +25,14 @@ def register(subparsers) -> None:
                     "its own best grid, one grid, data parallel, spatial-only).")
     from ..network.models import MODELS
 
-    q.add_argument("--model", default="resnet50", choices=sorted(MODELS),
-                   help="built-in torchvision architecture (default resnet50)")
+    q.add_argument("--model", default="resnet50", type=model_arg, metavar="NAME|FILE.onnx",
+                   help=f"built-in torchvision architecture ({', '.join(sorted(MODELS))}; "
+                        "default resnet50) or an ONNX model file (needs the onnx package: "
+                        "pip install parconv[onnx]; see docs/network.md for the ops it may use)")
     q.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    q.add_argument("--image", type=_pair_arg, default=(224, 224), metavar="H,W",
-                   help="input image height,width (default 224,224)")
+    q.add_argument("--image", type=_pair_arg, default=None, metavar="H,W",
+                   help="input image height,width (default 224,224; an ONNX model's input "
+                        "size is its own, --image must match it if given)")
     q.add_argument("--procs", type=int, default=64, help="number of ranks P (default 64)")
     q.add_argument("--dtype", default="fp32",
                    help="precision preset (fp32, bf16, fp16, int8, ...) or IN/FILTER/ACC[/OUT]")
@@ -42,10 +45,37 @@ def register(subparsers) -> None:
     q.set_defaults(func=run_plan)
 
 
+def model_arg(text: str) -> str:
+    """``--model``: a built-in model name or a path ending in ``.onnx``."""
+    from ..network.models import MODELS
+
+    if text in MODELS or text.lower().endswith(".onnx"):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; built-in: "
+                                     f"{', '.join(sorted(MODELS))}, or a FILE.onnx")
+
+
+def build_graph(args: argparse.Namespace):
+    """``(graph, weights)`` of ``--model`` (``weights`` is None for a built-in model):
+    a built-in at ``--image`` (default 224,224), or an ONNX file loaded at ``--batch``.
+    Pure: under MPI every rank reaches the same verdict before any communication."""
+    from ..network.models import build
+
+    if not args.model.lower().endswith(".onnx"):
+        return build(args.model, tuple(args.image or (224, 224))), None
+    from ..network.onnx_import import load_onnx
+
+    graph, weights = load_onnx(args.model, batch=args.batch)
+    hw = graph.shape(next(iter(graph.nodes)))[1:]
+    if args.image is not None and tuple(args.image) != hw:
+        raise ValueError(f"--image {args.image[0]},{args.image[1]}: the ONNX model's input "
+                         f"is {hw[0]}x{hw[1]} (omit --image or give that size)")
+    return graph, weights
+
+
 def build_plan(args: argparse.Namespace):
     """The network plan for the parsed arguments."""
     from ..dtypes import parse_precision
-    from ..network.models import build
     from ..network.plan import plan_network
 
     if args.procs is None or args.procs < 1:
@@ -54,7 +84,7 @@ def build_plan(args: argparse.Namespace):
         raise ValueError(f"--batch must be a positive integer, got {args.batch}")
     if args.beam < 0:
         raise ValueError(f"--beam must be >= 0, got {args.beam}")
-    graph = build(args.model, tuple(args.image))
+    graph, _ = build_graph(args)
     return plan_network(graph, args.batch, args.procs, parse_precision(args.dtype),
                         beam=args.beam or None)
 
@@ -63,12 +93,13 @@ def run_plan(args: argparse.Namespace) -> int:
     from ..units import format_bytes
 
     plan = build_plan(args)
+    image = next(lp.shape[2:] for lp in plan.layers if lp.op == "input")
     if args.json is not None:
         payload = plan.to_dict()
-        payload["command"] = {"model": args.model, "image": list(args.image)}
+        payload["command"] = {"model": args.model, "image": list(image)}
         emit_json(args, payload)
         return 0
-    print(f"model   {plan.model}  batch {plan.batch}  image {args.image[0]}x{args.image[1]}  "
+    print(f"model   {plan.model}  batch {plan.batch}  image {image[0]}x{image[1]}  "
           f"{plan.precision.label()}  P={plan.procs}")
     print("bytes: busiest rank's received + sent bytes of each step (layer; its input "
           "redistributions)")

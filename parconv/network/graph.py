@@ -10,7 +10,8 @@ Operations (``Node.op``):
 ``input``            the network input, ``(C, H, W)``.
 ``conv``             2-D convolution (``out_channels``, ``kernel``, ``stride``, ``padding``,
                      ``dilation``, ``bias``); ``bn`` names a batch norm folded into it at
-                     inference (its weight and bias count as parameters).
+                     inference (its weight and bias count as parameters), ``bn_eps`` its
+                     epsilon.
 ``relu``             elementwise.
 ``maxpool``          window max (``kernel``, ``stride``, ``padding``, ``ceil_mode`` as in
                      PyTorch, dilation 1).
@@ -180,14 +181,17 @@ class Graph:
         return self._add(name, "input", (), tuple(shape))
 
     def conv(self, name: str, x: str, out_channels: int, kernel, stride=1, padding=0,
-             dilation=1, bias: bool = False, bn: str | None = None) -> str:
-        """A convolution (``bn``: the batch norm folded into it, by module name)."""
+             dilation=1, bias: bool = False, bn: str | None = None,
+             bn_eps: float = 1e-5) -> str:
+        """A convolution (``bn``: the batch norm folded into it, by module name; ``bn_eps``:
+        its epsilon, PyTorch's default ``1e-5`` unless an imported model says otherwise)."""
         c, h, w = self.shape(x)
         k, st, pd, dl = (_pair(n, v) for n, v in (("kernel", kernel), ("stride", stride),
                                                    ("padding", padding), ("dilation", dilation)))
         spec = ConvSpec(1, c, int(out_channels), (h, w), k, st, pd, dl, name=name)
         return self._add(name, "conv", (x,), (int(out_channels), *spec.out_size), kernel=k,
-                         stride=st, padding=pd, dilation=dl, bias=bool(bias), bn=bn)
+                         stride=st, padding=pd, dilation=dl, bias=bool(bias), bn=bn,
+                         bn_eps=float(bn_eps))
 
     def relu(self, name: str, x: str) -> str:
         return self._add(name, "relu", (x,), self.shape(x))
