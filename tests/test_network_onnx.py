@@ -261,6 +261,11 @@ def _conv(**kw):
     return oh.make_node("Conv", ["x", "w"], ["y"], "bad", **kw)
 
 
+def _with_bn(nodes):
+    inits = dict(W)
+    return _model(nodes(inits), inits)
+
+
 def _after_conv(node, inits=None):
     return _model([oh.make_node("Conv", ["x", "w"], ["c"], "conv", pads=[1, 1, 1, 1]), node],
                   {**W, **(inits or {})})
@@ -306,12 +311,12 @@ REFUSALS = [
         "AveragePool", ["x"], ["y"], "bad", kernel_shape=[3, 3], strides=[2, 2],
         pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)], {}, x=("N", 3, 6, 6)),
      r"node bad \(AveragePool\): ceil_mode=1 with count_include_pad=1"),
-    ("bn_not_after_conv", lambda: _model(
-        [oh.make_node("Relu", ["x"], ["r"], "relu"), _bn("bad", "r", "y", 3, W)], W),
+    ("bn_not_after_conv", lambda: _with_bn(
+        lambda i: [oh.make_node("Relu", ["x"], ["r"], "relu"), _bn("bad", "r", "y", 3, i)]),
      r"node bad \(BatchNormalization\): batch normalisation is supported only folded"),
-    ("bn_conv_shared", lambda: _model(
-        [oh.make_node("Conv", ["x", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
-         _bn("bad", "c", "n", 4, W), oh.make_node("Add", ["n", "c"], ["y"], "add")], W),
+    ("bn_conv_shared", lambda: _with_bn(
+        lambda i: [oh.make_node("Conv", ["x", "w"], ["c"], "conv", pads=[1, 1, 1, 1]),
+                   _bn("bad", "c", "n", 4, i), oh.make_node("Add", ["n", "c"], ["y"], "add")]),
      r"node bad \(BatchNormalization\): batch normalisation is supported only folded"),
     ("bn_training", lambda: _model(
         [oh.make_node("Conv", ["x", "w"], ["c"], "conv"),
