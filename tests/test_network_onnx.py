@@ -374,6 +374,10 @@ def test_model_level_refusals():
         load_onnx(_model([_conv()], W, x=("N", 3, "H", 9)))
     with pytest.raises(OnnxImportError, match=r"input x: rank 3"):
         load_onnx(_model([oh.make_node("Relu", ["x"], ["y"], "r")], {}, x=("N", 3, 9)))
+    m = _model([oh.make_node("Relu", ["x"], ["y"], "r")], {})
+    m.graph.input[0].type.tensor_type.elem_type = TensorProto.UINT8
+    with pytest.raises(OnnxImportError, match=r"input x: element type UINT8"):
+        load_onnx(m)
     two = [oh.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 9, 9])]
     with pytest.raises(OnnxImportError, match=r"model: 2 inputs \(x, z\)"):
         load_onnx(_model([oh.make_node("Add", ["x", "z"], ["y"], "a")], {}, extra_inputs=two))

@@ -263,7 +263,11 @@ class _Importer:
     def _constants(self) -> None:
         to_array = self.onnx.numpy_helper.to_array
         for t in self.gp.initializer:
-            self.const[t.name] = to_array(t)
+            try:
+                self.const[t.name] = to_array(t)
+            except Exception as exc:                   # external data not found, bad type
+                raise OnnxImportError(f"model: cannot read initializer {t.name!r} "
+                                      f"({type(exc).__name__}: {exc})") from None
         for t in self.gp.sparse_initializer:
             raise OnnxImportError(f"model: sparse initializer {t.values.name!r} is not "
                                   "supported")
@@ -278,6 +282,11 @@ class _Importer:
         tt = self.inp.type.tensor_type
         if not self.inp.type.HasField("tensor_type") or not tt.HasField("shape"):
             raise OnnxImportError(f"input {self.inp.name}: not a tensor of known rank")
+        T = self.onnx.TensorProto
+        if tt.elem_type not in (T.FLOAT, T.FLOAT16, T.BFLOAT16, T.DOUBLE):
+            raise OnnxImportError(f"input {self.inp.name}: element type "
+                                  f"{T.DataType.Name(tt.elem_type)}; a floating-point input "
+                                  "is required")
         dims = list(tt.shape.dim)
         if len(dims) not in (2, 4):
             raise OnnxImportError(f"input {self.inp.name}: rank {len(dims)}; only (N, C, H, W) "
