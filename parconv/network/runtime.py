@@ -151,24 +151,64 @@ def local_shape(layout: Layout, rank: int) -> tuple[int, int, int, int]:
     return tuple(int(layout.sizes[a][j[a]]) for a in range(4))
 
 
-def redistribution_exchange(src: Layout, dst: Layout, rank: int, itemsize: int) -> Exchange:
-    """This rank's ``Alltoallw`` of the redistribution ``src -> dst`` (built from the two
-    layouts' index sets, independently of :class:`Redistribution`'s counts)."""
-    ex = Exchange(src.procs)
+Positions = tuple[np.ndarray, ...]
+
+
+@dataclass
+class ExchangePlan:
+    """One rank's side of an exchange without MPI: per peer, the positions (per axis, in
+    the rank's local arrays) it sends and receives, and the kept part."""
+
+    procs: int
+    src_shape: tuple[int, ...]
+    dst_shape: tuple[int, ...]
+    itemsize: int
+    send: dict[int, Positions] = field(default_factory=dict)
+    recv: dict[int, Positions] = field(default_factory=dict)
+    keep_src: Positions | None = None
+    keep_dst: Positions | None = None
+
+    def add(self, peer: int, out: Positions, inc: Positions) -> None:
+        if all(p.size for p in out):
+            self.send[peer] = out
+        if all(p.size for p in inc):
+            self.recv[peer] = inc
+
+    def elems(self, which: str) -> dict[int, int]:
+        """``{peer: elements}`` sent (``"send"``) or received (``"recv"``)."""
+        return {j: int(np.prod([p.size for p in pos])) for j, pos in getattr(self, which).items()}
+
+    @property
+    def send_bytes(self) -> int:
+        return sum(self.elems("send").values()) * self.itemsize
+
+    @property
+    def recv_bytes(self) -> int:
+        return sum(self.elems("recv").values()) * self.itemsize
+
+    def build(self) -> Exchange:
+        """The MPI datatypes of this exchange (committed)."""
+        return Exchange(self.procs,
+                        {j: block_datatype(self.src_shape, p, self.itemsize)
+                         for j, p in self.send.items()},
+                        {j: block_datatype(self.dst_shape, p, self.itemsize)
+                         for j, p in self.recv.items()},
+                        self.keep_src, self.keep_dst)
+
+
+def redistribution_exchange(src: Layout, dst: Layout, rank: int, itemsize: int) -> ExchangePlan:
+    """This rank's side of the redistribution ``src -> dst`` (built from the two layouts'
+    index sets, independently of :class:`Redistribution`'s counts)."""
+    ex = ExchangePlan(src.procs, local_shape(src, rank), local_shape(dst, rank), itemsize)
     s_me, d_me = src.indices(rank), dst.indices(rank)
-    s_shape, d_shape = local_shape(src, rank), local_shape(dst, rank)
     for peer in range(src.procs):
         d_peer, s_peer = dst.indices(peer), src.indices(peer)
         if peer == rank:
             ex.keep_src = tuple(_positions(s_me[a], d_me[a]) for a in range(4))
             ex.keep_dst = tuple(_positions(d_me[a], s_me[a]) for a in range(4))
             continue
-        out = tuple(_positions(s_me[a], d_peer[a]) for a in range(4))
-        if all(p.size for p in out):
-            ex.send_types[peer] = block_datatype(s_shape, out, itemsize)
-        inc = tuple(_positions(d_me[a], s_peer[a]) for a in range(4))
-        if all(p.size for p in inc):
-            ex.recv_types[peer] = block_datatype(d_shape, inc, itemsize)
+        ex.add(peer, tuple(_positions(s_me[a], d_peer[a]) for a in range(4)),
+               tuple(_positions(d_me[a], s_peer[a]) for a in range(4)))
     return ex
 
 
@@ -185,9 +225,9 @@ def _need(windows: np.ndarray, n_out: int, parts: int, j: int) -> np.ndarray:
 
 @dataclass
 class WindowStep:
-    """A pooling layer on one rank: its halo ``Alltoallw`` and the local window."""
+    """A pooling layer on one rank: its halo exchange and the local window."""
 
-    exchange: Exchange
+    exchange: ExchangePlan
     origin: tuple[int, int]
     window_shape: tuple[int, int, int, int]
     out_rows: Range
@@ -210,10 +250,8 @@ def window_step(node, in_hw: tuple[int, int], src: Layout, out: Layout, rank: in
     c0 = int(nc[0]) if nc.size else 0
     wshape = (me[0].size, me[1].size, int(nr[-1]) + 1 - r0 if nr.size else 0,
               int(nc[-1]) + 1 - c0 if nc.size else 0)
-    ex = Exchange(src.procs)
-    allb = np.arange(me[0].size)
-    allc = np.arange(me[1].size)
-    s_shape = local_shape(src, rank)
+    ex = ExchangePlan(src.procs, local_shape(src, rank), wshape, itemsize)
+    allb, allc = np.arange(me[0].size), np.arange(me[1].size)
     for ih in range(mh):
         for iw in range(mw):
             peer = int(src.rank_of[jb, jc, ih, iw])
@@ -223,19 +261,29 @@ def window_step(node, in_hw: tuple[int, int], src: Layout, out: Layout, rank: in
                 ex.keep_src = (allb, allc, _positions(me[2], nr), _positions(me[3], nc))
                 ex.keep_dst = (allb, allc, rows - r0, cols - c0)
                 continue
-            # what this rank sends the peer: its inputs the peer's windows read
-            out_pos = (allb, allc, _positions(me[2], need[0][ih]), _positions(me[3], need[1][iw]))
-            if all(p.size for p in out_pos):
-                ex.send_types[peer] = block_datatype(s_shape, out_pos, itemsize)
+            # sent: this rank's inputs the peer's windows read; received: the peer's
+            # inputs this rank's windows read
             rows, cols = np.intersect1d(p_idx[2], nr), np.intersect1d(p_idx[3], nc)
-            inc = (allb, allc, rows - r0, cols - c0)
-            if all(p.size for p in inc):
-                ex.recv_types[peer] = block_datatype(wshape, inc, itemsize)
-    orow = out.indices(rank)[2]
-    ocol = out.indices(rank)[3]
+            ex.add(peer, (allb, allc, _positions(me[2], need[0][ih]),
+                          _positions(me[3], need[1][iw])),
+                   (allb, allc, rows - r0, cols - c0))
+    orow, ocol = out.indices(rank)[2:]
     rng = ((int(orow[0]), int(orow[-1]) + 1) if orow.size else (0, 0),
            (int(ocol[0]), int(ocol[-1]) + 1) if ocol.size else (0, 0))
     return WindowStep(ex, (r0, c0), wshape, *rng)
+
+
+def reduce_step(src: Layout, rank: int) -> SimpleNamespace:
+    """A global average pool's reduce-scatter on one rank: its group colour and
+    position, the per-member element counts (channel-major ``(c, b)`` blocks)."""
+    mb, mc, mh, mw = src.blocks
+    jb, jc, jh, jw = (int(v) for v in src.block_of_rank[rank])
+    q, t = mh * mw, jh * mw + jw
+    cblk, bb = int(src.sizes[1][jc]), int(src.sizes[0][jb])
+    sub = np.bincount(block_index(np.arange(cblk), cblk, q), minlength=q)
+    return SimpleNamespace(color=jb * mc + jc, q=q, t=t, b=bb, sub=int(sub[t]),
+                           counts=tuple(int(s) * bb for s in sub),
+                           hw=src.shape[2] * src.shape[3])
 
 
 @dataclass
@@ -330,7 +378,7 @@ class NetworkRunner:
                     raise ValueError(f"{lp.name}: redistribution of {x} starts from "
                                      f"{r.src.label}, not {src.label}")
                 self.redists[(lp.name, x)] = redistribution_exchange(
-                    r.src, r.dst, rank, self.itemsize)
+                    r.src, r.dst, rank, self.itemsize).build()
             if node.is_conv:
                 pl, spec = lp.placement, lp.spec
                 key = np.empty(pl.procs, np.int64)
@@ -355,22 +403,17 @@ class NetworkRunner:
                 self.builds += 1
             elif node.op in WINDOW_OPS:
                 in_hw = self.graph.in_shape(lp.name)[1:]
-                self.steps[lp.name] = window_step(node, in_hw, lp.in_layouts[0], lp.out_layout,
-                                                  rank, self.itemsize)
-            elif node.op == "global_avgpool":
-                src = lp.in_layouts[0]
-                mb, mc, mh, mw = src.blocks
-                jb, jc, jh, jw = (int(v) for v in src.block_of_rank[rank])
-                q, t = mh * mw, jh * mw + jw
-                cblk = int(src.sizes[1][jc])
-                sub_sizes = np.bincount(block_index(np.arange(cblk), cblk, q), minlength=q)
-                grp = comm.Split(jb * mc + jc, t)
-                self._comms.append(grp)
-                bb = int(src.sizes[0][jb])
+                ws = window_step(node, in_hw, lp.in_layouts[0], lp.out_layout, rank,
+                                 self.itemsize)
                 self.steps[lp.name] = SimpleNamespace(
-                    comm=grp, q=q, t=t, counts=tuple(int(s) * bb for s in sub_sizes),
-                    hw=src.shape[2] * src.shape[3])
-                if local_shape(lp.out_layout, rank) != (bb, int(sub_sizes[t]), 1, 1):
+                    exchange=ws.exchange.build(), origin=ws.origin,
+                    window_shape=ws.window_shape, out_rows=ws.out_rows, out_cols=ws.out_cols)
+            elif node.op == "global_avgpool":
+                rs = reduce_step(lp.in_layouts[0], rank)
+                rs.comm = comm.Split(rs.color, rs.t)
+                self._comms.append(rs.comm)
+                self.steps[lp.name] = rs
+                if local_shape(lp.out_layout, rank) != (rs.b, rs.sub, 1, 1):
                     raise AssertionError(f"{lp.name}: reduce-scatter block does not match "
                                          "the planned output layout")
 
@@ -504,7 +547,7 @@ class NetworkRunner:
         for ex in self.redists.values():
             ex.free()
         for s in self.steps.values():
-            if isinstance(s, WindowStep):
+            if hasattr(s, "exchange"):
                 s.exchange.free()
             elif hasattr(s, "layer"):
                 s.layer.free()
@@ -529,6 +572,110 @@ def gather_layout(layout: Layout, local: np.ndarray, comm, root: int = 0) -> np.
     return out
 
 
+def _check_pairs(name: str, sends: list[dict[int, int]], recvs: list[dict[int, int]],
+                 bad: list[str]) -> int:
+    """Every message ``r -> r'`` of ``n`` elements must be received by ``r'`` from ``r``
+    with ``n`` elements, and nothing else received; returns the number of messages."""
+    n = 0
+    for r, out in enumerate(sends):
+        for peer, cnt in out.items():
+            n += 1
+            got = recvs[peer].get(r)
+            if got != cnt:
+                bad.append(f"{name}: rank {r} sends {cnt} elements to rank {peer}, which "
+                           f"expects {got}")
+    for r, inc in enumerate(recvs):
+        for peer in inc:
+            if r not in sends[peer]:
+                bad.append(f"{name}: rank {r} expects data from rank {peer}, which sends none")
+    return n
+
+
+@dataclass
+class NetworkSimulation:
+    """Per-rank bytes of every step of a network plan, from every rank's schedules (no
+    MPI): ``layers[name] = {"layer": (recv, send), "redistributions": {input: (recv,
+    send)}}`` with per-rank int64 arrays; ``mismatches``: schedule inconsistencies and
+    differences from the plan's figures (empty when none); ``messages``: point-to-point
+    payload transfers counted."""
+
+    procs: int
+    layers: dict[str, dict] = field(default_factory=dict)
+    mismatches: list[str] = field(default_factory=list)
+    messages: int = 0
+    seconds: float = 0.0
+
+
+def simulate_network(graph: Graph, plan: NetworkPlan, cross_check_ranks: int = 64
+                     ) -> NetworkSimulation:
+    """Build every rank's part of every step and add up its bytes (see
+    :class:`NetworkSimulation`). Convolutions: :func:`parconv.simulate.simulate` of the
+    layer on its grid (its own consistency check), permuted to the placement's ranks;
+    redistributions: every rank's :meth:`Redistribution.messages`, and for up to
+    ``cross_check_ranks`` ranks also the runtime's own exchange (index-set intersections);
+    pooling: the runtime's halo exchange of every rank; global pool: its reduce-scatter
+    counts. Each is checked message by message (every send has its matching receive)
+    and against the plan's per-rank figures."""
+    from ..simulate import simulate
+
+    t0 = time.perf_counter()
+    P = plan.procs
+    sim = NetworkSimulation(P)
+    bad = sim.mismatches
+    z = np.zeros(P, np.int64)
+    prod = {lp.name: lp for lp in plan.layers}
+    for lp in plan.layers:
+        node = graph[lp.name]
+        layer = (z.copy(), z.copy())
+        if node.is_conv:
+            s = simulate(lp.spec, lp.placement.grid, check=True)
+            bad += [f"{lp.name}: {m}" for m in s.mismatches]
+            sim.messages += s.messages
+            world = lp.placement.world_ranks().ravel()
+            layer[0][world], layer[1][world] = s.recv_bytes, s.send_bytes
+        elif node.op in WINDOW_OPS:
+            in_hw = graph.in_shape(lp.name)[1:]
+            steps = [window_step(node, in_hw, lp.in_layouts[0], lp.out_layout, r,
+                                 dtypes.numpy_dtype(plan.precision.input).itemsize).exchange
+                     for r in range(P)]
+            sim.messages += _check_pairs(lp.name, [e.elems("send") for e in steps],
+                                         [e.elems("recv") for e in steps], bad)
+            layer = (np.array([e.recv_bytes for e in steps]),
+                     np.array([e.send_bytes for e in steps]))
+        elif node.op == "global_avgpool":
+            acc = dtypes.numpy_dtype(plan.precision.accum).itemsize
+            steps = [reduce_step(lp.in_layouts[0], r) for r in range(P)]
+            groups: dict[int, set] = {}
+            for st in steps:
+                groups.setdefault(st.color, set()).add((st.counts, st.q))
+            bad += [f"{lp.name}: members of group {c} disagree on the counts"
+                    for c, v in groups.items() if len(v) != 1]
+            layer = (np.array([(st.q - 1) * st.counts[st.t] * acc for st in steps]),
+                     np.array([(sum(st.counts) - st.counts[st.t]) * acc for st in steps]))
+        red = {}
+        for x, r in lp.redistributions.items():
+            msgs = [r.messages(k) for k in range(P)]
+            sim.messages += _check_pairs(f"{lp.name} <- {x}", [m["send"] for m in msgs],
+                                         [m["recv"] for m in msgs], bad)
+            recv = np.array([sum(m["recv"].values()) for m in msgs]) * r.elem_bytes
+            send = np.array([sum(m["send"].values()) for m in msgs]) * r.elem_bytes
+            if P <= cross_check_ranks:
+                for k in range(P):
+                    ex = redistribution_exchange(prod[x].out_layout, r.dst, k, r.elem_bytes)
+                    if ex.elems("send") != msgs[k]["send"] or ex.elems("recv") != msgs[k]["recv"]:
+                        bad.append(f"{lp.name} <- {x}: rank {k}'s exchange differs from the "
+                                   "plan's messages")
+            red[x] = (recv, send)
+        for what, (rv, sd), (pr, ps) in [("layer", layer, (lp.step.recv, lp.step.send))] + [
+                (f"redistribution of {x}", red[x], (r.recv_bytes, r.send_bytes))
+                for x, r in lp.redistributions.items()]:
+            if not (np.array_equal(rv, pr) and np.array_equal(sd, ps)):
+                bad.append(f"{lp.name}: {what}: simulated bytes differ from the plan's")
+        sim.layers[lp.name] = {"layer": layer, "redistributions": red}
+    sim.seconds = time.perf_counter() - t0
+    return sim
+
+
 def check_plan_runnable(plan: NetworkPlan, graph: Graph) -> None:
     """Checks a runner makes before any communication (also for ``net simulate``)."""
     check_network_precision(plan.precision)
@@ -539,5 +686,6 @@ def check_plan_runnable(plan: NetworkPlan, graph: Graph) -> None:
             raise ValueError(f"{lp.name}: unsupported op {node.op!r}")
 
 
-__all__ = ["NetworkRunner", "Exchange", "block_datatype", "redistribution_exchange",
+__all__ = ["NetworkRunner", "Exchange", "ExchangePlan", "NetworkSimulation", "simulate_network",
+           "check_plan_runnable", "block_datatype", "redistribution_exchange",
            "window_step", "gather_layout", "local_shape", "LayerStats", "Redistribution"]
