@@ -79,12 +79,13 @@ def test_net_run_cli_end_to_end_and_refusals(tmp_path, warm_numba):
     out, save = tmp_path / "r.json", tmp_path / "s.npz"
     base = ["parconv", "net", "run", "--model", "resnet18", "--batch", "2", "--image", "32,32"]
     proc, _ = mpiexec(3, [*base, "--verify", "--json", str(out), "--save", str(save),
-                          "--quiet", "--timeout", "60"], 150)
+                          "--quiet", "--timeout", "60", "--repeat", "2"], 150)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "measured bytes equal planned bytes on every rank, layer and redistribution: yes" \
         in proc.stdout
     rep = json.loads(out.read_text())
     assert rep["procs"] == 3 and rep["measured_equals_planned"] and rep["verify"]["ok"]
+    assert all(len(r["wall_seconds_all"]) == 2 for r in rep["ranks"])
     assert rep["measured_total_bytes"] == rep["planned_total_bytes"] > 0
     conv1 = next(lay for lay in rep["layers"] if lay["name"] == "conv1")
     assert len(conv1["ranks"]) == 3

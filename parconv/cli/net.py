@@ -154,6 +154,9 @@ def register_run(sub) -> None:
                         "or to stdout instead of the table")
     r.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
                    help="deadline on every collective (a hung rank aborts the job, named)")
+    r.add_argument("--repeat", type=int, default=1,
+                   help="run the network this many times on the same runner (plan once, run "
+                        "many); the report is the fastest run's (default 1)")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     r.set_defaults(func=run_net)
     s = sub.add_parser(
@@ -312,6 +315,8 @@ def run_net(args: argparse.Namespace) -> int:
     try:
         check_slurm(size)
         check_timeout(args.timeout)
+        if args.repeat < 1:
+            raise ValueError(f"--repeat must be a positive integer, got {args.repeat}")
         for flag, path in (("--json", None if args.json in (None, "-") else args.json),
                            ("--save", save_path and str(save_path))):
             if path is not None:
@@ -349,11 +354,18 @@ def run_net(args: argparse.Namespace) -> int:
         xl = runner.input_block(x)
         say(f"built {runner.builds} convolution layers and the exchanges in {build_s:.2f} s; "
             "running")
-        comm.Barrier()
-        t0 = time.perf_counter()
-        logits_local = runner.run(xl)
-        wall = time.perf_counter() - t0
-        mine = {"rank": rank, "wall_seconds": wall, "compile_seconds": compile_s,
+        walls = []
+        for _ in range(args.repeat):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            logits_local = runner.run(xl)
+            walls.append(time.perf_counter() - t0)
+            if min(walls) == walls[-1]:
+                stats = dict(runner.stats)
+        runner.stats = stats
+        wall = min(walls)
+        mine = {"rank": rank, "wall_seconds": wall, "wall_seconds_all": walls,
+                "compile_seconds": compile_s,
                 "build_seconds": build_s,
                 "layers": {n: {"layer": list(s.layer),
                                "redistributions": {x: list(v) for x, v in
@@ -439,7 +451,8 @@ def _report_run(args, plan, entries, verdict) -> None:
                                    for x, r in lp.redistributions.items()}}
                               for e in entries]}
                    for lp in plan.layers],
-        "ranks": [{k: e[k] for k in ("rank", "wall_seconds", "compile_seconds", "build_seconds")}
+        "ranks": [{k: e[k] for k in ("rank", "wall_seconds", "wall_seconds_all",
+                                     "compile_seconds", "build_seconds")}
                   for e in entries],
     }
     if args.json not in (None, "-"):
@@ -453,7 +466,8 @@ def _report_run(args, plan, entries, verdict) -> None:
           "and datatypes; planned by parconv.network.plan)")
     print(table(_rows(plan, per_layer, args.all_layers), HEADER))
     _print_totals(plan, tot, "measured")
-    print(f"wall time {wall:.3f} s (slowest rank)")
+    print(f"wall time {wall:.3f} s (slowest rank's fastest of {args.repeat} run"
+          f"{'s' if args.repeat > 1 else ''})")
     print(f"measured bytes equal planned bytes on every rank, layer and redistribution: "
           f"{'yes' if not mism else 'NO'}")
     for m in mism[:20]:
