@@ -496,3 +496,22 @@ def test_torch_export_matches_torch_forward():
             want = net(x).numpy()
         got = evaluate(g, w, x.numpy())
         np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-4, atol=1e-4)
+
+
+def test_net_run_of_an_onnx_model_under_mpi(tmp_path, warm_numba):
+    """`parconv net run --model FILE.onnx` on 3 ranks: the initializers are the weights,
+    the logits verify against the single-process reference and every rank's measured
+    bytes equal the plan's."""
+    import json
+    import sys
+
+    from test_runtime_mpi import mpiexec
+
+    path, out = tmp_path / "net.onnx", tmp_path / "run.json"
+    onnx.save(net_model(), str(path))
+    proc, _ = mpiexec(3, [sys.executable, "-m", "parconv", "net", "run", "--model", str(path),
+                          "--batch", "2", "--verify", "--quiet", "--json", str(out)],
+                      timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rep = json.loads(out.read_text())
+    assert rep["verify"]["ok"] and rep["measured_equals_planned"], rep["verify"]
