@@ -67,8 +67,9 @@ PHASES = ("input_allgather", "input_halo", "filter_allgather", "compute",
 #: Environment switch of the default order: ``0`` runs the sequential order.
 OVERLAP_ENV = "PARCONV_OVERLAP"
 #: Output columns (``b × rows × cols``) a tile aims at when the output is cut into row
-#: bands, and the most bands per region.
+#: bands (``$PARCONV_TILE_COLUMNS`` overrides it), and the most bands per region.
 TILE_COLUMNS = 512
+TILE_COLUMNS_ENV = "PARCONV_TILE_COLUMNS"
 MAX_BANDS = 4
 
 
@@ -222,11 +223,21 @@ def _runs(mask: np.ndarray) -> list[tuple[int, int, bool]]:
     return out
 
 
+def tile_columns(env=None) -> int:
+    """Output columns per tile: ``$PARCONV_TILE_COLUMNS`` (a positive integer) or
+    :data:`TILE_COLUMNS`."""
+    env = os.environ if env is None else env
+    try:
+        return max(1, int(env.get(TILE_COLUMNS_ENV, TILE_COLUMNS)))
+    except ValueError:
+        return TILE_COLUMNS
+
+
 def _bands(lo: int, hi: int, cols: int, b: int, split: bool) -> list[tuple[int, int]]:
-    """Row bands of ``[lo, hi)``: about :data:`TILE_COLUMNS` output columns each (at most
+    """Row bands of ``[lo, hi)``: about :func:`tile_columns` output columns each (at most
     :data:`MAX_BANDS`), one band when ``split`` is False."""
     rows = hi - lo
-    n = 1 if not split else max(1, min(MAX_BANDS, rows, (b * rows * cols) // TILE_COLUMNS))
+    n = 1 if not split else max(1, min(MAX_BANDS, rows, (b * rows * cols) // tile_columns()))
     step = math.ceil(rows / n)
     return [(r, min(r + step, hi)) for r in range(lo, hi, step)]
 
