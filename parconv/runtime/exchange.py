@@ -81,6 +81,8 @@ class Pending:
 
             t0 = time.perf_counter()
             self.done = bool(MPI.Request.Testall(self.requests))
+            if self.done:
+                self._keep = ()
             self._account("communication", t0)
         return self.done
 

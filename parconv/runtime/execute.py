@@ -498,13 +498,18 @@ class _Call:
         self.reduce[t.part] = req
         self.pending.append(req)
 
+    def reduce_finish(self) -> None:
+        """Wait for every tile's reduce-scatter; the partials are then freed."""
+        for req in self.reduce.values():
+            req.wait()
+        if self.result is not None:
+            self.partial = None
+
     def cast_tile(self, t: Tile, first: bool) -> None:
         if first:
             fault_point("cast", self.rank)
         z, prec = self.z, self.spec.precision
-        req = self.reduce.pop(t.part, None)
-        if req is not None:
-            req.wait()
+        if self.result is not None:
             n = t.counts[self.sched.ops["output_reduce_scatter"].index]
             res = self.result[t.res:t.res + n].reshape(z["k_o"], z["b"], *t.shape)
         else:
@@ -544,6 +549,7 @@ def _sequential(call: _Call) -> None:
     call.compute_tile(tile)
     call.compute_done()
     call.reduce_start(tile, True)
+    call.reduce_finish()
     call.cast_tile(tile, True)
 
 
@@ -567,6 +573,7 @@ def _overlapped(call: _Call) -> None:
     if halo_open:
         call.halo_finish()
     call.compute_done()
+    call.reduce_finish()
     for i, t in enumerate(tiles):
         call.cast_tile(t, i == 0)
 
