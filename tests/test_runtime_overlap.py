@@ -54,6 +54,7 @@ def test_tiles_partition_the_output_and_interior_tiles_read_only_owned_input(spe
             inner = [t.interior for t in p.tiles]
             assert inner == sorted(inner, reverse=True)
             assert p.whole[0].counts == s.ops["output_reduce_scatter"].counts
+            assert p.whole[0].interior == (not p.halo_recv)   # computed after the halo
             n_split += len(p.tiles) > 1
     assert n_split > 0
 

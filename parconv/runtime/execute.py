@@ -301,7 +301,7 @@ def exec_plan(sched: Schedule) -> ExecPlan:
         pos += recv_counts[j]
 
     H, W = z["out_h"], z["out_w"]
-    whole = _tiles([(0, H, 0, W, True)], sched)
+    whole = _tiles([(0, H, 0, W, not halo_recv)], sched)   # interior: needs no halo
     if H * W * b == 0:
         return ExecPlan(gathered, self_copy, halo_send, send_counts, recv_counts, halo_recv,
                         whole, whole)
