@@ -38,8 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "bench" / "results"
-LAYERS = ["resnet50/layer1.0.conv2", "resnet50/layer3.1.conv2", "resnet50/layer4.0.conv2",
-          "resnet50/layer2.0.conv1"]
+LAYERS = ["resnet50/layer1.0.conv2", "resnet50/layer3.1.conv2", "resnet50/layer4.0.conv2"]
 BATCHES = [8, 32]
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
