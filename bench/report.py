@@ -15,9 +15,9 @@ Parts (``--only a,b``; default all):
 * ``plan``     the planner's ratios to the bound (recv + send, and the received-only
   grid-family figure) and to the best fixed strategy vs P, per precision (from
   ``plan.json``, written by ``bench/bench_plan.py``).
-* ``walltime`` wall time of the distributed convolution at P = 1, 2, 4 (``mpiexec``; best
-  of repeats after a warm-up; split into communication and compute) against a
-  single-process PyTorch ``conv2d`` of the same layer (1 thread and all cores).
+* ``walltime`` wall time of ``parconv run`` at P = 1, 2, 4 in the overlapped and the
+  sequential order against PyTorch ``conv2d`` with the same total threads (from
+  ``walltime.json``, written by ``bench/bench_walltime.py``).
 * ``tiling``   sequential tiling traffic vs the lower bound vs Im2Col (from ``tiling.json``,
   written by ``bench/bench_tiling.py``).
 * ``gemmini``  Gemmini: parconv vs vendor tiling, cycles and DRAM bytes per layer (from
@@ -59,7 +59,6 @@ SCALING_LAYERS = ["resnet50/conv1", "resnet50/layer1.0.conv2", "resnet50/layer3.
                   "resnet50/layer4.0.conv2", "resnet50/layer4.2.conv3"]
 QUICK_LAYERS = ["resnet50/layer3.1.conv2", "resnet50/layer4.0.conv2"]
 BATCH = 32
-WALL_LAYER, WALL_BATCH = "resnet50/layer3.1.conv2", 8
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
@@ -331,118 +330,41 @@ def part_suite(args) -> dict[str, Any]:
 
 # ------------------------------------------------------------------ wall time
 
-def walltime_worker(argv: list[str]) -> int:
-    """Under mpiexec: time the distributed convolution (warm-up + repeats); rank 0 writes
-    JSON. argv: LAYER BATCH REPEATS OUT."""
-    from mpi4py import MPI
-
-    from parconv.layers import layer
-    from parconv.plan import plan
-    from parconv.runtime.api import conv2d_distributed, seeded_operands_local
-
-    name, batch, repeats, out = argv[0], int(argv[1]), int(argv[2]), argv[3]
-    comm = MPI.COMM_WORLD
-    spec = layer(name, batch)
-    grid = plan(spec, comm.size).grid
-    x, w = seeded_operands_local(spec, grid, comm.rank, seed=0)
-    conv2d_distributed(spec, grid, x, w)  # warm-up: numba cache load, MPI connections
-    best, best_phases = float("inf"), {}
-    for _ in range(repeats):
-        comm.Barrier()
-        t0 = time.perf_counter()
-        res = conv2d_distributed(spec, grid, x, w)
-        comm.Barrier()
-        dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
-        phases = comm.gather(res.stats.seconds, root=0)
-        if dt < best:
-            best = dt
-            if comm.rank == 0:
-                best_phases = {k: max(p.get(k, 0.0) for p in phases) for k in phases[0]}
-    if comm.rank == 0:
-        Path(out).write_text(json.dumps({"procs": comm.size, "grid": str(grid), "seconds": best,
-                                         "phase_seconds_max_over_ranks": best_phases}))
-    return 0
-
-
-def _torch_time(name: str, batch: int, repeats: int, threads: int) -> float | None:
-    try:
-        import torch
-    except ImportError:
-        return None
-    import numpy as np
-
-    from parconv.layers import layer
-
-    spec = layer(name, batch)
-    rng = np.random.default_rng(0)
-    x = torch.from_numpy(rng.standard_normal((spec.B, spec.C, *spec.in_size), dtype=np.float32))
-    w = torch.from_numpy(rng.standard_normal((spec.K, spec.C, spec.R, spec.S), dtype=np.float32))
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            torch.nn.functional.conv2d(x, w, stride=spec.stride, padding=spec.padding, dilation=spec.dilation)
-            best = float("inf")
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                torch.nn.functional.conv2d(x, w, stride=spec.stride, padding=spec.padding,
-                                           dilation=spec.dilation)
-                best = min(best, time.perf_counter() - t0)
-    finally:
-        torch.set_num_threads(old)
-    return best
-
-
 def part_walltime(args) -> dict[str, Any]:
-    repeats = 2 if args.quick else 5
-    batch = 2 if args.quick else WALL_BATCH
-    runs = []
-    for n in (1, 2, 4):
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "w.json"
-            cmd = _mpi_cmd(n, [sys.executable, str(Path(__file__).resolve()), "--walltime-worker",
-                               WALL_LAYER, str(batch), str(repeats), str(out)])
-            r = subprocess.run(cmd, env=_env1(), capture_output=True, text=True, timeout=600)
-            if r.returncode != 0:
-                raise RuntimeError(f"{shlex.join(cmd)} failed: {r.stderr[-800:]}")
-            d = json.loads(out.read_text())
-        d["command"] = shlex.join(cmd)
-        runs.append(d)
-        log(f"walltime P={n}: {d['seconds']:.3f} s (grid {d['grid']})")
-    cores = len(os.sched_getaffinity(0))
-    t1, tall = _torch_time(WALL_LAYER, batch, repeats, 1), _torch_time(WALL_LAYER, batch, repeats, cores)
-    log(f"walltime torch: 1 thread {t1}, {cores} threads {tall}")
+    """From ``walltime.json`` (``bench/bench_walltime.py``: ``parconv run --repeat`` at
+    P = 1, 2, 4 in both orders, PyTorch with the same threads)."""
+    d = _load("walltime.json", "bench/bench_walltime.py")
+    rows = d.get("rows") or []
+    if not rows:
+        raise Missing("walltime.json has no rows: rerun bench/bench_walltime.py")
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    xs = [str(r["procs"]) for r in runs]
-    comp = [r["phase_seconds_max_over_ranks"].get("compute", 0.0) for r in runs]
-    rest = [max(0.0, r["seconds"] - c) for r, c in zip(runs, comp)]
-    ax.bar(xs, comp, color="tab:blue", label="local compute (slowest rank)")
-    ax.bar(xs, rest, bottom=comp, color="tab:gray", label="communication + other")
-    if t1:
-        ax.axhline(t1, color="tab:red", ls="--", label="PyTorch conv2d, 1 thread")
-    if tall and cores > 1:
-        ax.axhline(tall, color="tab:red", ls=":", label=f"PyTorch conv2d, {cores} threads")
-    ax.set_xlabel("MPI ranks P (one thread each)")
-    ax.set_ylabel("seconds (best of repeats)")
-    ax.set_title(f"{WALL_LAYER}, batch {batch}, fp32 on {cores} cores", fontsize=10)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(rows), figsize=(2.6 * len(rows) + 1, 4.0), squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        runs = [r for r in row["parconv"] if not r.get("env")]
+        procs = sorted({r["procs"] for r in runs})
+        for off, (order, color) in enumerate((("on", "tab:blue"), ("off", "tab:gray"))):
+            pts = [(p, r["seconds"]) for p in procs for r in runs
+                   if r["procs"] == p and (r["overlap"] == order or p == 1)]
+            ax.bar([i + (off - 0.5) * 0.38 for i in range(len(pts))], [t for _, t in pts],
+                   width=0.38, color=color,
+                   label="overlapped" if order == "on" else "sequential")
+        for i, p in enumerate(procs):
+            tt = row["torch"].get(str(p))
+            if tt:
+                ax.plot([i - 0.4, i + 0.4], [tt["seconds"]] * 2, color="tab:red",
+                        label="PyTorch, P threads" if i == 0 else None)
+        ax.set_xticks(range(len(procs)), [str(p) for p in procs])
+        ax.set_title(f"{row['layer'].split('/')[-1]} b{row['batch']}", fontsize=9)
+        ax.set_xlabel("P (one thread each)")
+    axes[0][0].set_ylabel("seconds (median, slowest rank)")
+    axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "report_walltime.png", dpi=110)
     plt.close(fig)
-    lines = [f"{WALL_LAYER}, batch {batch}, fp32; best of {repeats} after a warm-up; this machine "
-             f"has {cores} cores (P = 4 oversubscribes when that is fewer than 4).", "",
-             "| P | grid | parconv s | compute s (slowest rank) | parconv s / PyTorch 1-thread s |", "|---|---|---|---|---|"]
-    for r, c in zip(runs, comp):
-        lines.append(f"| {r['procs']} | {r['grid']} | {r['seconds']:.3f} | {c:.3f} | "
-                     + (f"{r['seconds'] / t1:.2f}× |" if t1 else "– |"))
-    lines.append("")
-    lines.append(f"PyTorch `conv2d`: 1 thread {t1:.3f} s, {cores} threads {tall:.3f} s." if t1 else
-                 "PyTorch not installed: no reference time.")
-    return {"data": {"layer": WALL_LAYER, "batch": batch, "repeats": repeats, "runs": runs,
-                     "torch_seconds_1_thread": t1, f"torch_seconds_{cores}_threads": tall},
-            "figures": ["report_walltime.png"], "summary_md": "\n".join(lines),
-            "title": "Wall time of the distributed convolution vs PyTorch"}
+    md = (RESULTS / "walltime.md")
+    summary = md.read_text().split("\n", 2)[2] if md.exists() else ""
+    return {"data": d, "figures": ["report_walltime.png"], "summary_md": summary,
+            "title": "Wall time of parconv run vs PyTorch, parallel efficiency"}
 
 
 # ------------------------------------------------------------------ others' JSON
@@ -706,8 +628,6 @@ def write_summary() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--walltime-worker"]:
-        return walltime_worker(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {', '.join(PARTS)}")
     ap.add_argument("--quick", action="store_true", help="fewer layers, P values and repeats")

@@ -319,25 +319,31 @@ def memory_phases(p, n: dict) -> dict:
     buffer sizes ``n`` (elements, keys :data:`MEMORY_BUFFERS`; ``kernel`` in bytes; numpy
     arrays or ints) and the precision ``p``.
 
-    The owned input and filter blocks are the caller's and live throughout; the others
-    exist only in the phases listed (each is freed when the next phase no longer needs
-    it). The halo send segments exist twice during the exchange (the segments and the
-    packed MPI buffer). A collective over one rank moves nothing and allocates nothing:
-    ``allgather_send`` (``P_k = 1``: the packed plane is the gathered one), ``filter``
-    (``P_b·P_h·P_w = 1``: the owned block is used in place), ``recv`` and
-    ``mpi_reduce_scatter`` (``P_c = 1``) are then zero. ``result`` is the
-    accumulator-precision result block during the cast. ``mpi_reduce_scatter`` is the MPI library's own temporary during
-    the reduce-scatter (MPICH's pairwise algorithm receives into a buffer of the result
-    block's size; measured, ``bench/results/memory.md``).
+    The phases are those of the overlapped order (the runtime's default); every live set
+    of the sequential order is contained in one of them, so the peak bounds both. The
+    owned input and filter blocks are the caller's and live throughout; the gathered
+    filter (``filter``) is allocated first, its allgather in flight while the input is
+    gathered and the halo packed; the halo's send and receive buffers (``halo_send``,
+    ``halo_recv``, one each) stay alive while the interior of the output is computed;
+    the reduce-scatter's result (``recv``) and the MPI library's temporary
+    (``mpi_reduce_scatter``) are alive while later tiles are computed. Each buffer is
+    freed when no later phase needs it. A collective over one rank moves nothing and
+    allocates nothing: ``allgather_send`` and ``gathered`` (``P_k = 1``: the owned block
+    is read in place), ``filter`` (``P_b·P_h·P_w = 1``: the owned block is used in
+    place), ``recv`` and ``mpi_reduce_scatter`` (``P_c = 1``) are then zero. ``result``
+    is the accumulator-precision result block during the cast. ``mpi_reduce_scatter`` is
+    MPICH's temporary (its reduce-scatter receives into a buffer of the result block's
+    size; measured, ``bench/results/memory.md``).
     """
     pi, pf, pa, po = p.p_input, p.p_filter, p.p_accum, p.p_output
     base = pi * n["owned_input"] + pf * n["owned_filter"]
+    halo = n["halo_send"] + n["halo_recv"]
     return {
-        "input_allgather": base + pi * (n["allgather_send"] + n["gathered"]),
-        "halo_pack": base + pi * (n["gathered"] + n["window"] + n["halo_send"]),
-        "halo_exchange": base + pi * (n["window"] + 2 * n["halo_send"] + n["halo_recv"]),
-        "compute": base + pi * n["window"] + pf * n["filter"] + 8 * n["kernel"]
-        + pa * n["partial"],
+        "input_allgather": base + pi * (n["allgather_send"] + n["gathered"])
+        + pf * n["filter"],
+        "halo_pack": base + pi * (n["gathered"] + n["window"] + halo) + pf * n["filter"],
+        "compute": base + pi * (n["window"] + halo) + pf * n["filter"] + 8 * n["kernel"]
+        + pa * (n["partial"] + n["recv"] + n["mpi_reduce_scatter"]),
         "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]
                                               + n["mpi_reduce_scatter"]),
         "cast": base + pa * n["result"] + po * n["output"],
@@ -399,7 +405,7 @@ def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]
         "owned_input": math.prod(me.input_owned_shape),
         "owned_filter": -(-k_blk // q) * c_blk * spec.R * spec.S,
         "allgather_send": b * c_own * used if grid.k > 1 else 0,
-        "gathered": b * c_blk * used,
+        "gathered": b * c_blk * used if grid.k > 1 else 0,
         "window": b * c_blk * (r1 - r0) * (c1 - c0),
         "halo_send": sum(s for _, s in halo.values()),
         "halo_recv": sum(r for r, _ in halo.values()),

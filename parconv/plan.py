@@ -246,7 +246,7 @@ def _memory_bits(spec: ConvSpec, grid: Grid, idx) -> np.ndarray:
         "owned_input": b * F["cown"] * F["own"],
         "owned_filter": -(-kblk // F["q"]) * cblk * rs,
         "allgather_send": b * F["cown"] * F["used"] * (grid.k > 1),
-        "gathered": b * cblk * F["used"],
+        "gathered": b * cblk * F["used"] * (grid.k > 1),
         "window": b * cblk * F["win"],
         "halo_send": b * cblk * (F["sent"] - F["self"]),
         "halo_recv": b * cblk * (F["need"] - F["self"]),

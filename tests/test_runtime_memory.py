@@ -124,10 +124,13 @@ def test_memory_is_the_maximum_over_phases_not_a_sum():
     phases = memory_phases(spec.precision, n)
     assert rank_memory_bytes(spec, grid, 0) == max(phases.values()) // 8
     total = sum(v for k, v in n.items() if k != "kernel") * 4 + n["kernel"]
-    assert rank_memory_bytes(spec, grid, 0) < 0.7 * total
-    # the reduce-scatter (partial + received block + MPI's temporary) or the compute
-    # phase is the peak of a channel split
-    assert max(phases, key=phases.get) in ("compute", "output_reduce_scatter")
+    # (0.80 here: the overlapped order keeps the reduce-scatter's buffers alive while
+    # the later tiles are computed; the cast's result and output blocks are never alive
+    # with the partial)
+    assert rank_memory_bytes(spec, grid, 0) < 0.85 * total
+    # the compute phase (window, kernel workspace, partial + received block + MPI's
+    # temporary of the tiles' reduce-scatters in flight) is the peak of a channel split
+    assert max(phases, key=phases.get) == "compute"
 
 
 def test_distributed_memory_matches_the_plan_and_scatter_gather_bounded(tmp_path, warm_numba):

@@ -58,7 +58,28 @@ def register(sub) -> None:
                    help="deadline on every collective: a rank that waits longer (a stopped or "
                         "hung rank) aborts the job naming the operation and the ranks that did "
                         "not arrive (default: no deadline, blocking collectives)")
+    # -- issue 12.2: --repeat and --overlap -------------------------------------------
+    p.add_argument("--repeat", type=_positive_int, default=None, metavar="N",
+                   help="run the layer N times after one warm-up run and report the median "
+                        "wall time per rank (JSON: wall_seconds = the median, wall_samples = "
+                        "all N; phase and time figures of the median run); default: one run, "
+                        "no warm-up")
+    p.add_argument("--overlap", choices=["on", "off"], default=None,
+                   help="overlap communication with the local convolution (on) or run the "
+                        "sequential order (off); default: $PARCONV_OVERLAP, on unless 0")
+    # -- end issue 12.2 ---------------------------------------------------------------
     p.set_defaults(func=run_command)
+
+
+def _positive_int(text: str) -> int:
+    """--repeat: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def _seconds(text: str) -> float:
@@ -238,20 +259,16 @@ def run_command(args: argparse.Namespace) -> int:
         say(f"memory per rank: planned peak {format_bytes(need)}, limit "
             + (f"{format_bytes(limit.bytes)} ({limit.source})" if limit.bytes is not None
                else limit.source))
-        from ..runtime.api import conv2d_distributed, gather_blocks, seeded_operands_local
+        from ..runtime.api import gather_blocks, seeded_operands_local
 
         fault_point("setup", rank)
         compile_s = _warm_kernel(spec) if args.offload == "none" else 0.0
         x, w = seeded_operands_local(spec, grid, rank, args.seed)
         say("running: input allgather, halo exchange, filter allgather, local convolution, "
             "output reduce-scatter")
-        comm.Barrier()
-        t0 = time.perf_counter()
         local = gemmini_local_compute if args.offload == "gemmini" else None
-        res = conv2d_distributed(spec, grid, x, w, comm, local_compute=local,
-                                 timeout=args.timeout)
-        wall = time.perf_counter() - t0
-        entry = _rank_entry(res, wall, compile_s)
+        res, walls = _timed_runs(args, spec, grid, comm, x, w, local)
+        entry = _rank_entry(res, walls, compile_s)
         entries = comm.gather(entry, root=0)
         verdict = None
         if args.verify or args.save:
@@ -278,7 +295,44 @@ def run_command(args: argparse.Namespace) -> int:
     return 0 if ok in (None, True) else 1
 
 
-def _rank_entry(res, wall: float, compile_s: float) -> dict:
+def _timed_runs(args, spec, grid, comm, x, w, local):
+    """Run the layer (a persistent :class:`~parconv.runtime.DistributedConv2d`: grid
+    communicators, schedule and execution plan built once): once, or a warm-up and
+    ``--repeat N`` timed runs. Returns (the run of the median wall time, every timed
+    run's wall seconds on this rank)."""
+    from ..runtime.api import RunResult
+    from ..runtime.layer import DistributedConv2d
+
+    overlap = None if args.overlap is None else args.overlap == "on"
+    layer = DistributedConv2d(spec, grid, comm, requires_grad=False, timeout=args.timeout,
+                              overlap=overlap, local_compute=local)
+    try:
+        if args.repeat is not None:   # warm-up: caches, MPI connections; not timed
+            layer.forward(x, w)
+            layer.validate_blocks = False   # the blocks were checked and stay the same
+        runs = []
+        for _ in range(args.repeat or 1):
+            comm.Barrier()
+            t0 = time.perf_counter()
+            out = layer.forward(x, w)
+            runs.append((time.perf_counter() - t0, out, layer.stats["forward"]))
+            layer.validate_blocks = False
+        if args.repeat is None:
+            wall, out, stats = runs[0]
+        else:   # the median run (the lower middle one for an even N)
+            wall, out, stats = sorted(runs, key=lambda r: r[0])[(len(runs) - 1) // 2]
+        return RunResult(out, layer.schedule, stats), [r[0] for r in runs]
+    finally:
+        layer.free()
+
+
+def _median(xs: list[float]) -> float:
+    import statistics
+
+    return float(statistics.median(xs))
+
+
+def _rank_entry(res, walls: list[float], compile_s: float) -> dict:
     planned = res.planned
     measured = res.measured
     ops = {op: {"recv_bytes": measured[op][0], "send_bytes": measured[op][1],
@@ -292,10 +346,18 @@ def _rank_entry(res, wall: float, compile_s: float) -> dict:
         "send_bytes": sum(v[1] for v in measured.values()),
         "planned_recv_bytes": s.recv_bytes, "planned_send_bytes": s.send_bytes,
         "operations": ops,
-        "phase_seconds": dict(res.stats.seconds), "wall_seconds": wall,
+        "phase_seconds": dict(res.stats.seconds), "wall_seconds": _median(walls),
+        "wall_samples": walls, "time_seconds": dict(res.stats.time),
+        "overlap": res.stats.extra.get("overlap"), "tiles": res.stats.extra.get("tiles"),
         "compile_seconds": compile_s,
         "gemmini": res.stats.extra.get("gemmini"),
     }
+
+
+def _time_cells(e: dict) -> list[str]:
+    """Table cells: compute, communication (in MPI calls), waiting seconds."""
+    t = e["time_seconds"]
+    return [f"{t.get(k, 0.0):.3f}" for k in ("compute", "communication", "waiting")]
 
 
 def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) -> None:
@@ -330,6 +392,7 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
                                                  "max_abs_error": verdict.max_abs_error,
                                                  "worst_error_over_tolerance": verdict.worst_ratio},
         "offload": args.offload,
+        "repeat": args.repeat, "overlap": entries[0]["overlap"],
         "ranks": entries,
     }
     if args.json not in (None, "-"):
@@ -347,12 +410,13 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
                      e["recv_bytes"], e["planned_recv_bytes"], e["send_bytes"],
                      "yes" if e["recv_bytes"] == e["planned_recv_bytes"]
                      and e["send_bytes"] == e["planned_send_bytes"] else "NO",
-                     f"{e['compile_seconds']:.3f}", f"{e['phase_seconds'].get('compute', 0.0):.3f}",
+                     f"{e['compile_seconds']:.3f}", *_time_cells(e),
                      f"{e['wall_seconds']:.3f}"])
         if e["gemmini"]:
             rows[-1] += [e["gemmini"]["cycles"], e["gemmini"]["dram_bytes"]]
     header = ["rank", "b,k,c,h,w", *(f"{s} recv" for s in short.values()), "recv B",
-              "planned recv", "send B", "match", "compile s", "compute s", "wall s"]
+              "planned recv", "send B", "match", "compile s", "compute s", "comm s", "wait s",
+              "wall s"]
     if entries[0]["gemmini"]:
         header += ["gemmini cycles", "gemmini DRAM B"]
     print(table(rows, header))
@@ -364,6 +428,11 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
                   "bound ratio: relaying schedules receive less)") if lb else ""
     print(f"max recv per rank: {format_bytes(max_recv)} ({max_recv} B){recv_ratio}")
     print(f"measured bytes equal planned bytes on every rank: {'yes' if match else 'NO'}")
+    order = "overlapped" if entries[0]["overlap"] else "sequential"
+    runs = (f"median of {args.repeat} runs after a warm-up" if args.repeat is not None
+            else "one run")
+    print(f"wall s: {runs}, {order} order; compute s = local kernel, comm s = inside MPI "
+          f"calls, wait s = blocked waiting for collectives")
     if verdict is not None:
         print(f"verify: {'OK' if verdict.ok else 'FAILED'}: {verdict.message}")
     if args.json not in (None, "-"):

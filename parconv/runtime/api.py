@@ -291,7 +291,8 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
                        kernel: Callable | None = None,
                        local_compute: Callable | None = None,
                        abort_on_error: bool = True,
-                       timeout: float | None = None) -> RunResult:
+                       timeout: float | None = None,
+                       overlap: bool | None = None) -> RunResult:
     """Distributed convolution of this rank's blocks (collective over ``comm``).
 
     Parameters
@@ -313,6 +314,9 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
         and aborts the job (docs/runtime.md, "Failure behaviour"). None (default):
         blocking collectives, no deadline. A :class:`~.deadline.DeadlineComm` passed as
         ``comm`` brings its own timeout.
+    overlap : communication overlapped with the local convolution (True) or the
+        sequential order (False); default ``$PARCONV_OVERLAP`` (on unless ``0``). Same
+        result bytes and the same counted bytes either way (docs/runtime.md).
 
     Returns
     -------
@@ -346,7 +350,8 @@ def conv2d_distributed(spec: ConvSpec, grid: Grid, x_local: np.ndarray, w_local:
         with guard, collective_timeout(timeout):
             gc = GridComm.create(comm, grid)
             sched = build_schedule(spec, grid, gc.rank)
-            out, stats = execute(gc, sched, x_local, w_local, kernel, local_compute)
+            out, stats = execute(gc, sched, x_local, w_local, kernel, local_compute,
+                                 overlap=overlap)
             gc.free()
     finally:
         if own is not None:

@@ -155,34 +155,65 @@ def _stagger(world_rank: int) -> float:
     return 0.3 * min(world_rank, 5)
 
 
+class Arrival:
+    """The arrival messages of one operation on ``comm``: this rank's announcement to
+    the other members and its receives of theirs (posted by :meth:`post`)."""
+
+    def __init__(self, comm) -> None:
+        from mpi4py import MPI
+
+        q = comm.Get_size()
+        self.comm, self.me = comm, comm.Get_rank()
+        self.seq = _next_seq(comm)
+        self._mine = np.array([self.seq], np.int64)
+        self.inbox = np.full(q, -1, np.int64)
+        self.others = [j for j in range(q) if j != self.me]
+        self.recvs = [comm.Irecv([self.inbox[j:j + 1], MPI.INT64_T], source=j, tag=ARRIVAL_TAG)
+                      for j in self.others]
+        self.sends = [comm.Isend([self._mine, MPI.INT64_T], dest=j, tag=ARRIVAL_TAG)
+                      for j in self.others]
+
+    @property
+    def requests(self) -> list:
+        return [*self.recvs, *self.sends]
+
+    def expire(self, operation: str, timeout: float) -> None:
+        """The deadline passed: print who did not arrive and abort the job."""
+        from mpi4py import MPI
+
+        book = ArrivalBook(_world_ranks(self.comm), self.me, self.seq)
+        for j, r in zip(self.others, self.recvs):
+            if r.Test():
+                book.record(j, int(self.inbox[j]))
+        abort_job(book.message(MPI.COMM_WORLD.Get_rank(), timeout, operation))
+
+
+def wait_until_deadline(requests: list, arrival: Arrival | None, operation: str,
+                        timeout: float) -> None:
+    """Poll ``requests`` (the collective's and the arrival messages') for ``timeout``
+    seconds from now (plus the rank's stagger); at the deadline name the ranks that did
+    not arrive and abort."""
+    from mpi4py import MPI
+
+    until = time.monotonic() + timeout + _stagger(MPI.COMM_WORLD.Get_rank())
+    if _poll(requests, until):
+        return
+    if arrival is None:
+        abort_job(f"rank {MPI.COMM_WORLD.Get_rank()}: timed out after {timeout:g} s in "
+                  f"{operation}")
+    arrival.expire(operation, timeout)
+
+
 def timed(comm, operation: str, start: Callable[[], object], timeout: float) -> None:
     """Run one collective under a deadline: announce arrival to the other members of
     ``comm``, call ``start()`` (returns the collective's request), poll until it and the
     arrival messages completed; at the deadline print who did not arrive and abort."""
-    from mpi4py import MPI
-
-    q = comm.Get_size()
-    if q == 1:
+    if comm.Get_size() == 1:
         start().Wait()
         return
-    me = comm.Get_rank()
-    seq = _next_seq(comm)
-    mine = np.array([seq], np.int64)
-    inbox = np.full(q, -1, np.int64)
-    others = [j for j in range(q) if j != me]
-    recvs = [comm.Irecv([inbox[j:j + 1], MPI.INT64_T], source=j, tag=ARRIVAL_TAG)
-             for j in others]
-    sends = [comm.Isend([mine, MPI.INT64_T], dest=j, tag=ARRIVAL_TAG) for j in others]
+    arrival = Arrival(comm)
     req = start()
-    t0 = time.monotonic()
-    world_rank = MPI.COMM_WORLD.Get_rank()
-    if _poll([req, *recvs, *sends], t0 + timeout + _stagger(world_rank)):
-        return
-    book = ArrivalBook(_world_ranks(comm), me, seq)
-    for j, r in zip(others, recvs):
-        if r.Test():
-            book.record(j, int(inbox[j]))
-    abort_job(book.message(world_rank, timeout, operation))
+    wait_until_deadline([req, *arrival.requests], arrival, operation, timeout)
 
 
 def _pickled(obj) -> np.ndarray:

@@ -29,7 +29,7 @@ from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
 from .deadline import DeadlineComm, check_timeout, collective_timeout
 from .errors import RunInputError, abort_on_exception, agree, check_local_blocks, validate_run
-from .execute import RankStats, execute
+from .execute import RankStats, exec_plan, execute
 from .schedule import build_schedule
 
 
@@ -63,6 +63,10 @@ class DistributedConv2d:
     timeout : optional deadline in seconds on every collective (construction and every
         call): a rank that waits longer names the operation and the ranks that did not
         arrive, and aborts the job (docs/runtime.md, "Failure behaviour").
+    overlap : forward with communication overlapped with compute (default
+        ``$PARCONV_OVERLAP``, on unless ``0``) or in the sequential order.
+    local_compute : replacement of the local convolution
+        (:func:`parconv.runtime.execute.execute`), e.g. the Gemmini offload model.
 
     Raises
     ------
@@ -73,7 +77,8 @@ class DistributedConv2d:
     def __init__(self, spec: ConvSpec, grid: Grid, comm=None, *, memory_bytes: int | None = None,
                  requires_grad: bool = True, abort_on_error: bool = True,
                  validate_blocks: bool = True, kernel: Callable | None = None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, overlap: bool | None = None,
+                 local_compute: Callable | None = None) -> None:
         if comm is None:
             from mpi4py import MPI
 
@@ -98,6 +103,8 @@ class DistributedConv2d:
             self.gc = GridComm.create(comm, grid)
         self.schedule = build_schedule(spec, grid, self.gc.rank)
         self.ops = self.schedule.pass_ops("step")
+        self.plan = exec_plan(self.schedule)   # index sets, halo counts, tiles: once
+        self.overlap, self.local_compute = overlap, local_compute
         self.builds = 1  #: schedules built so far (a call builds none)
         self.stats: dict[str, RankStats] = {}
         self._saved: dict | None = None
@@ -153,7 +160,8 @@ class DistributedConv2d:
         keep: dict | None = {} if self.requires_grad else None
         with self._guard():
             out, stats = execute(self.gc, self.schedule, x_local, w_local, self.kernel,
-                                 keep=keep)
+                                 self.local_compute, keep=keep, overlap=self.overlap,
+                                 plan=self.plan)
         self._saved = keep
         self.stats = {"forward": stats}
         return out
