@@ -26,6 +26,15 @@ import numpy as np
 from .blas import gemm
 from .float_kernels import pack_panel, scatter_float
 from .int_kernels import INT_INPUTS, INT_WEIGHTS, exact_chunk_rows, scatter_int
+from .int_simd import (
+    MR,
+    NR,
+    chunk_table,
+    gemm_chunk,
+    pack_panel_pairs,
+    pack_weight_pairs,
+    packed_weight_elements,
+)
 from .threads import resolve_threads, single_threaded_blas
 
 #: default block width (output columns per GEMM) and float reduction chunk (panel rows).
@@ -33,6 +42,13 @@ BLOCK_COLS = 1024
 CHUNK_ROWS = 1024
 #: smallest image (output columns) for which 1x1 stride-1 GEMMs read the input in place.
 DIRECT_MIN_COLS = 256
+#: integer SIMD path: longest reduction chunk (its panel strip, 16 * chunk bytes, stays in
+#: L1) and the bytes of packed weights one filter group keeps in L2.
+INT_CHUNK_ROWS = 256
+INT_GROUP_BYTES = 65536
+#: environment variable choosing the integer kernel (``simd`` / ``float`` / ``auto``).
+INT_KERNEL_ENV = "PARCONV_INT_KERNEL"
+INT_KERNELS = ("simd", "float")
 
 _F16 = np.dtype(np.float16)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -91,6 +107,47 @@ def _pair(name: str, value) -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
 
 
+def simd_supported() -> bool:
+    """True where the 16-bit SIMD integer kernel is the default: an x86-64 host with AVX2
+    (its ``vpmaddwd`` runs 16 multiply-adds per instruction). Elsewhere the generic IR
+    still compiles to exact code, but the float32-chunk path (BLAS) is the safe default."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        from llvmlite import binding as llvm
+
+        return "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:  # noqa: BLE001 - any failure means: use the portable path
+        return False
+
+
+_SIMD_DEFAULT = simd_supported()
+
+
+def resolve_int_kernel(kernel: str | None = None) -> str:
+    """Integer kernel for a call: ``kernel``, else ``$PARCONV_INT_KERNEL``, else ``auto``;
+    ``auto`` is ``simd`` where :func:`simd_supported`, else ``float``.
+
+    Raises
+    ------
+    ValueError
+        For a value other than ``auto``, ``simd`` or ``float``.
+    """
+    import os
+
+    source = "int_kernel"
+    if kernel is None:
+        source = INT_KERNEL_ENV
+        kernel = os.environ.get(INT_KERNEL_ENV, "").strip() or "auto"
+    if kernel == "auto":
+        return "simd" if _SIMD_DEFAULT else "float"
+    if kernel not in INT_KERNELS:
+        raise ValueError(f"{source} must be 'auto', 'simd' or 'float', got {kernel!r}")
+    return kernel
+
+
 def plan_blocks(B: int, H: int, W: int, block_cols: int) -> list[tuple[int, int]]:
     """Output row-unit blocks ``(u0, nunits)`` of about ``block_cols`` columns each."""
     if H * W >= block_cols:
@@ -124,7 +181,8 @@ def direct_view(x: np.ndarray, R: int, S: int, H: int, W: int, stride, offset,
 
 def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilation=1,
                   offset=(0, 0), accumulate: bool = False, threads: int | None = None,
-                  *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS) -> None:
+                  *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS,
+                  int_kernel: str | None = None) -> None:
     """Local convolution over a window of the input, written into ``out`` in place.
 
     ``out[b,k,h,w] (+)= sum_{c,r,s} x[b, c, sh*h + dh*r + offset[0], sw*w + dw*s +
@@ -150,7 +208,12 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         Worker threads (default ``$PARCONV_THREADS`` or 1), see :mod:`.threads`.
     block_cols, chunk_rows : int
         Tuning: output columns per GEMM block and panel rows per reduction chunk (the
-        integer path caps chunks at the float32-exact length).
+        integer paths cap chunks at :data:`INT_CHUNK_ROWS` (SIMD) or the float32-exact
+        length (float)).
+    int_kernel : {'auto', 'simd', 'float'}, optional
+        Integer inputs only: ``simd`` = exact 16-bit multiply-add kernel
+        (:mod:`.int_simd`), ``float`` = exact float32 chunks through BLAS; default
+        ``$PARCONV_INT_KERNEL`` or ``auto`` (:func:`resolve_int_kernel`).
 
     Raises
     ------
@@ -184,6 +247,7 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     if block_cols < 1 or chunk_rows < 1:
         raise ValueError("block_cols and chunk_rows must be >= 1")
     nthreads = resolve_threads(threads)
+    int_path = resolve_int_kernel(int_kernel) if acc.kind == "i" else None
     H, W = out.shape[2:]
     if out.size == 0:
         return
@@ -195,6 +259,10 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     integer = acc.kind == "i"
     panel_dtype = _F32 if integer else acc
     x = np.ascontiguousarray(x)
+    if int_path == "simd":
+        _int_simd(x, w, out, (H, W, R, S, sh, sw, dh, dw, oh, ow), accumulate, nthreads,
+                  block_cols, chunk_rows)
+        return
     xk, code, lut = _decoder(x, panel_dtype)
     rows = C * R * S
     # float32/float64 weights are used in place; others are converted chunk by chunk
@@ -239,6 +307,69 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
             with ThreadPoolExecutor(max_workers=n) as pool:
                 for fut in [pool.submit(run, p) for p in parts]:
                     fut.result()
+
+
+def _int_simd(x, w, out, geometry, accumulate, nthreads, block_cols, chunk_rows) -> None:
+    """Integer convolution on the 16-bit SIMD kernel (:mod:`.int_simd`): weights packed
+    once per call (int16 pairs), per output block and reduction chunk one panel in the
+    pair-interleaved strip layout and one :func:`gemm_chunk` into ``out`` (blocks inside
+    one image) or into a ``K x cols`` int32 buffer scattered afterwards."""
+    H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
+    B, C = x.shape[:2]
+    K = w.shape[0]
+    rows = C * R * S
+    chunks = plan_chunks(rows, min(chunk_rows, INT_CHUNK_ROWS))
+    table = chunk_table(chunks)
+    ap = np.empty(packed_weight_elements(K, chunks), dtype=np.int16)
+    pack_weight_pairs(np.ascontiguousarray(w).reshape(K, rows), ap, table)
+    kblocks = -(-K // MR)
+    a_base, base = [], 0
+    for q0, q1 in chunks:
+        a_base.append(base)
+        base += kblocks * ((q1 - q0 + 1) // 2) * 2 * MR
+    blocks = plan_blocks(B, H, W, block_cols)
+    max_pairs = max((q1 - q0 + 1) // 2 for q0, q1 in chunks)
+    max_cols = max(n for _, n in blocks) * W
+    width = -(-max_cols // NR) * NR
+    out_mat = out.view()
+    out_mat.shape = (B, K, H * W)
+    lut = _DUMMY_LUT
+    dummy_bits = np.zeros(1, dtype=np.uint32)
+
+    def run(block_list):
+        strips = np.empty(width * 2 * max_pairs, dtype=x.dtype)
+        rowbuf = np.empty((2, width), dtype=x.dtype)
+        scratch = np.empty((MR, NR), dtype=np.int32)
+        spans = any((u0 + nu - 1) // H != u0 // H for u0, nu in block_list)
+        tmp_buf = np.empty(K * max_cols if spans else 0, dtype=np.int32)
+        for u0, nu in block_list:
+            ncols = nu * W
+            b0 = u0 // H
+            inside = (u0 + nu - 1) // H == b0
+            if inside:
+                h0 = u0 - b0 * H
+                cmat = out_mat[b0, :, h0 * W:h0 * W + ncols]
+            else:
+                cmat = tmp_buf[:K * ncols].reshape(K, ncols)
+            rb = rowbuf[:, :-(-ncols // NR) * NR]
+            for t, (q0, q1) in enumerate(chunks):
+                npairs = (q1 - q0 + 1) // 2
+                pack_panel_pairs(x, strips, rb, dummy_bits, lut, q0, q1, u0, nu, H, W, R, S,
+                                 sh, sw, dh, dw, oh, ow)
+                group = max(1, INT_GROUP_BYTES // (npairs * 4 * MR))
+                assign = t == 0 and not (inside and accumulate)
+                gemm_chunk(ap, a_base[t], strips, npairs, K, ncols, cmat, assign, group,
+                           scratch)
+            if not inside:
+                scatter_float(out, cmat, u0, nu, H, W, not accumulate)
+
+    if nthreads == 1 or len(blocks) == 1:
+        run(blocks)
+    else:
+        n = min(nthreads, len(blocks))
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for fut in [pool.submit(run, blocks[i::n]) for i in range(n)]:
+                fut.result()
 
 
 def _planes_contiguous(out: np.ndarray) -> bool:

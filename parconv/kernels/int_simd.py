@@ -1,0 +1,265 @@
+"""Exact int8/uint8 x int8 -> int32 GEMM on 16-bit SIMD multiply-adds (``vpmaddwd``).
+
+The integer convolution's GEMM ``C[K, N] (+)= A[K, Q] @ P[Q, N]`` (weights ``A``, im2col
+panel ``P``, reduction ``Q = C*R*S``) runs on a register-blocked micro-kernel written
+directly in LLVM IR (a numba ``@intrinsic``), so its inner loop is exactly::
+
+    for each reduction pair p:
+        b0, b1 = sign/zero-extend 32 panel bytes -> 2 x 16 int16   (vpmovsxbw / vpmovzxbw)
+        for each of the 6 filter rows i:
+            a = broadcast int32 word (A[i, 2p], A[i, 2p+1]) as 2 x int16   (vpbroadcastd)
+            acc[i, 0:8]  += pairwise(a * b0)                                (vpmaddwd, vpaddd)
+            acc[i, 8:16] += pairwise(a * b1)
+
+``pairwise(a * b)[j] = a[2j]*b[2j] + a[2j+1]*b[2j+1]`` with the products and the pair
+sum formed in 32 bits: the IR is the generic pattern ``sext -> mul -> add(even, odd)``,
+which the x86 backend selects as ``vpmaddwd`` (asserted by the tests on the compiled
+assembly) and any other backend compiles to ordinary exact vector code. Every operand is
+an int8/uint8 value widened to int16, so each product lies in ``[-32640, 32640]`` and
+every pair sum in ``[-65280, 65280]``: ``vpmaddwd`` (whose only inexact case is
+``2 * (-32768)**2``) is exact here, unlike ``vpmaddubsw`` whose int16 pair sums saturate
+for full-range operands (``255*127*2 > 32767``). The 12 accumulators (6 rows x 16 columns
+int32, 12 ymm registers) add with wrap-around, so a result is the exact sum modulo
+``2**32``: bit-identical whenever it fits int32, which :func:`parconv.conv2d` and the
+runtime guarantee through :func:`parconv.kernels.int32_safe_reduction`.
+
+Operand layouts (built by :func:`pack_weight_pairs` and :func:`pack_panel_pairs`):
+
+* weights, per reduction chunk and block of 6 filters: ``[p][i][2]`` int16 (24 bytes per
+  pair step), zero rows past ``K`` and a zero partner past an odd chunk end;
+* panel, per chunk and strip of 16 output columns: ``[p][j][2]`` int8/uint8 (32 bytes
+  per pair step), zero partner past an odd chunk end, don't-care columns past the block.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types, uint64
+from numba.core.extending import intrinsic
+
+from .float_kernels import pack_panel
+
+_JIT = dict(nogil=True, cache=True, boundscheck=False)
+
+#: micro-tile: filter rows x output columns (12 ymm int32 accumulators).
+MR = 6
+NR = 16
+
+_I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V32I8 = ir.VectorType(_I8, 32)
+_V32I16 = ir.VectorType(_I16, 32)
+_V16I16 = ir.VectorType(_I16, 16)
+_V16I32 = ir.VectorType(_I32, 16)
+_V8I32 = ir.VectorType(_I32, 8)
+
+
+def _lanes(values) -> ir.Constant:
+    values = list(values)
+    return ir.Constant(ir.VectorType(_I32, len(values)), values)
+
+
+def _madd_pairs(builder, a16, b16):
+    """``(a[2j]*b[2j] + a[2j+1]*b[2j+1])_j`` in int32: the generic pattern LLVM's x86
+    backend lowers to ``vpmaddwd``."""
+    prod = builder.mul(builder.sext(a16, _V16I32), builder.sext(b16, _V16I32))
+    even = builder.shuffle_vector(prod, prod, _lanes(range(0, 16, 2)))
+    odd = builder.shuffle_vector(prod, prod, _lanes(range(1, 16, 2)))
+    return builder.add(even, odd)
+
+
+@intrinsic
+def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
+    """``c[ci:ci+6, cj:cj+16] (+)= A_tile @ B_strip`` over ``npairs`` reduction pairs.
+
+    ``a``: int16 1-D (tile's weights start at element ``a_off``), ``b``: int8 or uint8
+    1-D (strip starts at byte ``b_off``), ``c``: 2-D int32 with unit column stride.
+    """
+    if not (isinstance(a, types.Array) and a.dtype == types.int16 and isinstance(b, types.Array)
+            and b.dtype in (types.int8, types.uint8) and isinstance(c, types.Array)
+            and c.dtype == types.int32 and c.ndim == 2):
+        return None
+    signed = b.dtype == types.int8
+    sig = types.void(a, a_off, b, b_off, npairs, c, ci, cj, accumulate)
+
+    def codegen(context, builder, signature, args):
+        av, aoff, bv, boff, n, cv, civ, cjv, accv = args
+        aty, _, bty, _, nty, cty, cit, cjt, acct = signature.args
+        aoff = context.cast(builder, aoff, signature.args[1], types.int64)
+        boff = context.cast(builder, boff, signature.args[3], types.int64)
+        n = context.cast(builder, n, nty, types.int64)
+        civ = context.cast(builder, civ, cit, types.int64)
+        cjv = context.cast(builder, cjv, cjt, types.int64)
+        accv = context.cast(builder, accv, acct, types.boolean)
+        aarr = context.make_array(aty)(context, builder, av)
+        barr = context.make_array(bty)(context, builder, bv)
+        carr = context.make_array(cty)(context, builder, cv)
+        a_ptr = builder.bitcast(builder.gep(aarr.data, [aoff]), _I32.as_pointer())
+        b_ptr = builder.gep(builder.bitcast(barr.data, _I8.as_pointer()), [boff])
+        row_bytes = builder.extract_value(carr.strides, 0)
+        c_base = builder.gep(builder.bitcast(carr.data, _I8.as_pointer()),
+                             [builder.add(builder.mul(civ, row_bytes),
+                                          builder.mul(cjv, ir.Constant(_I64, 4)))])
+
+        pre = builder.block
+        fn = builder.function
+        head = fn.append_basic_block("i8tile.head")
+        body = fn.append_basic_block("i8tile.body")
+        done = fn.append_basic_block("i8tile.done")
+        builder.branch(head)
+        builder.position_at_end(head)
+        p = builder.phi(_I64)
+        p.add_incoming(ir.Constant(_I64, 0), pre)
+        accs = []
+        for _ in range(2 * MR):
+            phi = builder.phi(_V8I32)
+            phi.add_incoming(ir.Constant(_V8I32, None), pre)
+            accs.append(phi)
+        builder.cbranch(builder.icmp_signed("<", p, n), body, done)
+
+        builder.position_at_end(body)
+        bvec = builder.load(builder.bitcast(builder.gep(b_ptr, [builder.mul(p, ir.Constant(_I64, 32))]),
+                                            _V32I8.as_pointer()), align=1)
+        wide = (builder.sext if signed else builder.zext)(bvec, _V32I16)
+        halves = [builder.shuffle_vector(wide, wide, _lanes(range(16))),
+                  builder.shuffle_vector(wide, wide, _lanes(range(16, 32)))]
+        new = []
+        a_row = builder.mul(p, ir.Constant(_I64, MR))
+        for i in range(MR):
+            word = builder.load(builder.gep(a_ptr, [builder.add(a_row, ir.Constant(_I64, i))]),
+                                align=4)
+            splat = builder.insert_element(ir.Constant(_V8I32, ir.Undefined), word,
+                                           ir.Constant(_I32, 0))
+            splat = builder.bitcast(builder.shuffle_vector(splat, splat, _lanes([0] * 8)),
+                                    _V16I16)
+            for h in range(2):
+                new.append(builder.add(accs[2 * i + h], _madd_pairs(builder, splat, halves[h])))
+        nxt = builder.add(p, ir.Constant(_I64, 1))
+        tail = builder.block
+        p.add_incoming(nxt, tail)
+        for phi, val in zip(accs, new):
+            phi.add_incoming(val, tail)
+        builder.branch(head)
+
+        builder.position_at_end(done)
+        for i in range(MR):
+            row = builder.gep(c_base, [builder.mul(ir.Constant(_I64, i), row_bytes)])
+            for h in range(2):
+                ptr = builder.bitcast(builder.gep(row, [ir.Constant(_I64, 32 * h)]),
+                                      _V8I32.as_pointer())
+                old = builder.load(ptr, align=4)
+                val = builder.select(accv, builder.add(old, accs[2 * i + h]), accs[2 * i + h])
+                builder.store(val, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def pack_weight_pairs(wm, ap, chunks):
+    """Pack the ``(K, Q)`` int8 weight matrix for :func:`gemm_chunk`.
+
+    ``chunks`` is an ``(n, 2)`` array of reduction chunks ``[q0, q1)``; chunk ``t`` starts
+    at element ``sum_{t'<t} kblocks * 2*npairs(t') * MR`` of ``ap`` (int16) and holds, per
+    block of ``MR`` filters and pair ``p``, the words ``(w[k, q0+2p], w[k, q0+2p+1])``.
+    """
+    K, Q = wm.shape
+    kblocks = (K + MR - 1) // MR
+    base = 0
+    for t in range(chunks.shape[0]):
+        q0, q1 = chunks[t, 0], chunks[t, 1]
+        npairs = (q1 - q0 + 1) // 2
+        for kb in range(kblocks):
+            off = base + kb * npairs * 2 * MR
+            for p in range(npairs):
+                for i in range(MR):
+                    k = kb * MR + i
+                    d = off + (p * MR + i) * 2
+                    q = q0 + 2 * p
+                    if k < K:
+                        ap[d] = wm[k, q]
+                        ap[d + 1] = wm[k, q + 1] if q + 1 < q1 else 0
+                    else:
+                        ap[d] = 0
+                        ap[d + 1] = 0
+        base += kblocks * npairs * 2 * MR
+
+
+@njit(**_JIT)
+def pack_panel_pairs(x, strips, rows, dummy_bits, lut, q0, q1, u0, nunits, H, W, R, S,
+                     sh, sw, dh, dw, oh, ow):
+    """im2col panel rows ``q0..q1`` for output rows ``u0 .. u0+nunits`` in the
+    pair-interleaved strip layout of :func:`gemm_chunk`.
+
+    Each pair of reduction rows is first packed by :func:`pack_panel` into ``rows``
+    (``(2, nstrips*16)``, same dtype as ``x``; the second row zero past an odd end),
+    then interleaved: ``strips[s*npairs*32 + p*32 + 2j + t] = row_t[16s + j]``.
+    """
+    npairs = (q1 - q0 + 1) // 2
+    width = rows.shape[1]
+    nstrips = width // NR
+    ncols = nunits * W
+    r0 = rows[0]
+    r1 = rows[1]
+    for j in range(ncols, width):
+        r0[j] = 0
+        r1[j] = 0
+    for p in range(npairs):
+        q = q0 + 2 * p
+        q2 = min(q + 2, q1)
+        pack_panel(x, rows, dummy_bits, lut, 0, q, q2, u0, nunits, H, W, R, S, sh, sw, dh,
+                   dw, oh, ow)
+        if q2 - q == 1:
+            for j in range(ncols):
+                r1[j] = 0
+        for s in range(nstrips):
+            d = uint64(s * npairs * 32 + p * 32)
+            c0 = uint64(s * NR)
+            for j in range(NR):
+                strips[d + uint64(2 * j)] = r0[c0 + uint64(j)]
+                strips[d + uint64(2 * j + 1)] = r1[c0 + uint64(j)]
+
+
+@njit(**_JIT)
+def gemm_chunk(ap, a_base, strips, npairs, K, ncols, c, assign, mc_blocks, scratch):
+    """``c[:K, :ncols] (+)= A_chunk @ P_chunk`` for one reduction chunk.
+
+    ``ap[a_base:]`` is the chunk's packed weights, ``strips`` its packed panel,
+    ``c`` a 2-D int32 array (unit column stride, any row stride); ``scratch`` an
+    ``(MR, NR)`` int32 buffer for edge tiles. Loops: groups of ``mc_blocks`` filter
+    blocks (their weights stay in L2), strips of 16 columns (in L1), filter blocks.
+    """
+    kblocks = (K + MR - 1) // MR
+    nstrips = (ncols + NR - 1) // NR
+    acc = not assign
+    for g0 in range(0, kblocks, mc_blocks):
+        g1 = min(g0 + mc_blocks, kblocks)
+        for s in range(nstrips):
+            j0 = s * NR
+            nj = min(NR, ncols - j0)
+            b_off = s * npairs * 32
+            for kb in range(g0, g1):
+                i0 = kb * MR
+                ni = min(MR, K - i0)
+                a_off = a_base + kb * npairs * 2 * MR
+                if ni == MR and nj == NR:
+                    _tile(ap, a_off, strips, b_off, npairs, c, i0, j0, acc)
+                else:
+                    _tile(ap, a_off, strips, b_off, npairs, scratch, 0, 0, False)
+                    for i in range(ni):
+                        for j in range(nj):
+                            if assign:
+                                c[i0 + i, j0 + j] = scratch[i, j]
+                            else:
+                                c[i0 + i, j0 + j] += scratch[i, j]
+
+
+def chunk_table(chunks) -> np.ndarray:
+    """``(n, 2)`` int64 array of the reduction chunks (for the numba kernels)."""
+    return np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
+
+
+def packed_weight_elements(K: int, chunks) -> int:
+    """int16 elements :func:`pack_weight_pairs` writes for ``K`` filters and ``chunks``."""
+    kblocks = -(-K // MR)
+    return sum(kblocks * ((q1 - q0 + 1) // 2) * 2 * MR for q0, q1 in chunks)
