@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types, uint64
+from numba import njit, types
 from numba.core.extending import intrinsic
 
 from .float_kernels import pack_panel
@@ -142,14 +142,49 @@ def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
         builder.branch(head)
 
         builder.position_at_end(done)
+        ptrs = []
         for i in range(MR):
             row = builder.gep(c_base, [builder.mul(ir.Constant(_I64, i), row_bytes)])
             for h in range(2):
-                ptr = builder.bitcast(builder.gep(row, [ir.Constant(_I64, 32 * h)]),
-                                      _V8I32.as_pointer())
-                old = builder.load(ptr, align=4)
-                val = builder.select(accv, builder.add(old, accs[2 * i + h]), accs[2 * i + h])
-                builder.store(val, ptr, align=4)
+                ptrs.append(builder.bitcast(builder.gep(row, [ir.Constant(_I64, 32 * h)]),
+                                            _V8I32.as_pointer()))
+        with builder.if_else(accv) as (add_branch, store_branch):
+            with add_branch:
+                for ptr, val in zip(ptrs, accs):
+                    builder.store(builder.add(builder.load(ptr, align=4), val), ptr, align=4)
+            with store_branch:
+                for ptr, val in zip(ptrs, accs):
+                    builder.store(val, ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _zip16(typingctx, dst, d_off, src, s0, s1):
+    """``dst[d_off + 2j] = src[s0 + j]; dst[d_off + 2j + 1] = src[s1 + j]`` for
+    ``j < 16`` (byte arrays; two 16-byte loads, one byte interleave, one 32-byte store)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.dtype.bitwidth == 8 and src.dtype.bitwidth == 8):
+        return None
+    sig = types.void(dst, d_off, src, s0, s1)
+
+    def codegen(context, builder, signature, args):
+        dv, doff, sv, s0v, s1v = args
+        dty, dot, sty, s0t, s1t = signature.args
+        dptr = builder.bitcast(context.make_array(dty)(context, builder, dv).data,
+                               _I8.as_pointer())
+        sptr = builder.bitcast(context.make_array(sty)(context, builder, sv).data,
+                               _I8.as_pointer())
+        v16 = ir.VectorType(_I8, 16).as_pointer()
+        rows = [builder.load(builder.bitcast(builder.gep(sptr, [context.cast(builder, o, t,
+                                                                           types.int64)]),
+                                             v16), align=1)
+                for o, t in ((s0v, s0t), (s1v, s1t))]
+        mix = [k // 2 + 16 * (k % 2) for k in range(32)]
+        out = builder.shuffle_vector(rows[0], rows[1], _lanes(mix))
+        target = builder.gep(dptr, [context.cast(builder, doff, dot, types.int64)])
+        builder.store(out, builder.bitcast(target, _V32I8.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -157,31 +192,27 @@ def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
 
 @njit(**_JIT)
 def pack_weight_pairs(wm, ap, chunks):
-    """Pack the ``(K, Q)`` int8 weight matrix for :func:`gemm_chunk`.
+    """Pack the ``(K, Q)`` int8 weight matrix for :func:`gemm_chunk` into ``ap`` (int16,
+    :func:`packed_weight_elements` long, overwritten).
 
     ``chunks`` is an ``(n, 2)`` array of reduction chunks ``[q0, q1)``; chunk ``t`` starts
-    at element ``sum_{t'<t} kblocks * 2*npairs(t') * MR`` of ``ap`` (int16) and holds, per
-    block of ``MR`` filters and pair ``p``, the words ``(w[k, q0+2p], w[k, q0+2p+1])``.
+    at element ``sum_{t'<t} kblocks * 2*npairs(t') * MR`` of ``ap`` and holds, per block
+    of ``MR`` filters and pair ``p``, the words ``(w[k, q0+2p], w[k, q0+2p+1])``; zero
+    past ``K`` and past an odd chunk end.
     """
-    K, Q = wm.shape
+    K = wm.shape[0]
     kblocks = (K + MR - 1) // MR
+    ap[:] = 0
     base = 0
     for t in range(chunks.shape[0]):
         q0, q1 = chunks[t, 0], chunks[t, 1]
         npairs = (q1 - q0 + 1) // 2
-        for kb in range(kblocks):
-            off = base + kb * npairs * 2 * MR
-            for p in range(npairs):
-                for i in range(MR):
-                    k = kb * MR + i
-                    d = off + (p * MR + i) * 2
-                    q = q0 + 2 * p
-                    if k < K:
-                        ap[d] = wm[k, q]
-                        ap[d + 1] = wm[k, q + 1] if q + 1 < q1 else 0
-                    else:
-                        ap[d] = 0
-                        ap[d + 1] = 0
+        for k in range(K):
+            kb = k // MR
+            d = base + kb * npairs * 2 * MR + 2 * (k - kb * MR)
+            for q in range(q0, q1):   # reads a weight row in order
+                p = (q - q0) >> 1
+                ap[d + p * 2 * MR + ((q - q0) & 1)] = wm[k, q]
         base += kblocks * npairs * 2 * MR
 
 
@@ -199,11 +230,10 @@ def pack_panel_pairs(x, strips, rows, dummy_bits, lut, q0, q1, u0, nunits, H, W,
     width = rows.shape[1]
     nstrips = width // NR
     ncols = nunits * W
-    r0 = rows[0]
-    r1 = rows[1]
+    flat = rows.ravel()
     for j in range(ncols, width):
-        r0[j] = 0
-        r1[j] = 0
+        flat[j] = 0
+        flat[width + j] = 0
     for p in range(npairs):
         q = q0 + 2 * p
         q2 = min(q + 2, q1)
@@ -211,13 +241,9 @@ def pack_panel_pairs(x, strips, rows, dummy_bits, lut, q0, q1, u0, nunits, H, W,
                    dw, oh, ow)
         if q2 - q == 1:
             for j in range(ncols):
-                r1[j] = 0
+                flat[width + j] = 0
         for s in range(nstrips):
-            d = uint64(s * npairs * 32 + p * 32)
-            c0 = uint64(s * NR)
-            for j in range(NR):
-                strips[d + uint64(2 * j)] = r0[c0 + uint64(j)]
-                strips[d + uint64(2 * j + 1)] = r1[c0 + uint64(j)]
+            _zip16(strips, s * npairs * 32 + p * 32, flat, s * NR, width + s * NR)
 
 
 @njit(**_JIT)
@@ -232,16 +258,15 @@ def gemm_chunk(ap, a_base, strips, npairs, K, ncols, c, assign, mc_blocks, scrat
     kblocks = (K + MR - 1) // MR
     nstrips = (ncols + NR - 1) // NR
     acc = not assign
-    for g0 in range(0, kblocks, mc_blocks):
-        g1 = min(g0 + mc_blocks, kblocks)
+    for kb in range(kblocks):
+        i0 = kb * MR
+        ni = min(MR, K - i0)
+        a_off = a_base + kb * npairs * 2 * MR
         for s in range(nstrips):
             j0 = s * NR
             nj = min(NR, ncols - j0)
             b_off = s * npairs * 32
-            for kb in range(g0, g1):
-                i0 = kb * MR
-                ni = min(MR, K - i0)
-                a_off = a_base + kb * npairs * 2 * MR
+            if True:
                 if ni == MR and nj == NR:
                     _tile(ap, a_off, strips, b_off, npairs, c, i0, j0, acc)
                 else:

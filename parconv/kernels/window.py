@@ -338,7 +338,7 @@ def _int_simd(x, w, out, geometry, accumulate, nthreads, block_cols, chunk_rows)
 
     def run(block_list):
         strips = np.empty(width * 2 * max_pairs, dtype=x.dtype)
-        rowbuf = np.empty((2, width), dtype=x.dtype)
+        rowbuf = np.empty(2 * width, dtype=x.dtype)
         scratch = np.empty((MR, NR), dtype=np.int32)
         spans = any((u0 + nu - 1) // H != u0 // H for u0, nu in block_list)
         tmp_buf = np.empty(K * max_cols if spans else 0, dtype=np.int32)
@@ -351,7 +351,8 @@ def _int_simd(x, w, out, geometry, accumulate, nthreads, block_cols, chunk_rows)
                 cmat = out_mat[b0, :, h0 * W:h0 * W + ncols]
             else:
                 cmat = tmp_buf[:K * ncols].reshape(K, ncols)
-            rb = rowbuf[:, :-(-ncols // NR) * NR]
+            bw = -(-ncols // NR) * NR
+            rb = rowbuf[:2 * bw].reshape(2, bw)   # C-contiguous (the kernels ravel it)
             for t, (q0, q1) in enumerate(chunks):
                 npairs = (q1 - q0 + 1) // 2
                 pack_panel_pairs(x, strips, rb, dummy_bits, lut, q0, q1, u0, nu, H, W, R, S,
@@ -380,7 +381,8 @@ def _planes_contiguous(out: np.ndarray) -> bool:
 
 
 def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads: int = 1,
-                    block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS):
+                    block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS,
+                    int_kernel: str | None = None):
     """Bytes :func:`conv2d_window` allocates besides its arguments (numpy-vectorised over
     the integer arguments).
 
@@ -390,11 +392,20 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     for weights not in the panel dtype; ``max_rows`` / ``max_cols`` are the largest
     reduction chunk and output block of :func:`plan_chunks` / :func:`plan_blocks`. Zero
     when the output or the reduction is empty. Workers: ``min(threads, blocks)``.
+
+    Integer inputs on the SIMD kernel (``int_kernel`` resolved as by
+    :func:`conv2d_window`): the packed weights once per call (int16, ``K`` rounded up to
+    the 6-row tile, every chunk rounded up to an even length), and per worker the
+    pair-interleaved panel (``16*ceil(cols/16)`` x even chunk bytes), two packing rows,
+    an edge tile and the ``K x max_cols`` int32 buffer when a block spans images.
     """
     acc = accumulator_dtype(x_dtype, w_dtype)
     integer = acc.kind == "i"
     panel_dt = _F32 if integer else acc
     B, K, C, H, W, R, S = (np.asarray(v, dtype=np.int64) for v in (B, K, C, H, W, R, S))
+    if integer and resolve_int_kernel(int_kernel) == "simd":
+        return _simd_workspace(B, K, C, H, W, R, S, threads, block_cols,
+                               min(chunk_rows, INT_CHUNK_ROWS))
     if integer:
         chunk_rows = min(chunk_rows, exact_chunk_rows(x_dtype, w_dtype))
     rows = C * R * S
@@ -417,6 +428,31 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     wbuf = K * max_rows if convert else 0
     workers = np.minimum(threads, np.maximum(n_blocks, 1))
     total = workers * (panel + tmp + wbuf) * panel_dt.itemsize
+    empty = (B * K * hw == 0) | (rows == 0)
+    return np.where(empty, 0, total)
+
+
+def _simd_workspace(B, K, C, H, W, R, S, threads, block_cols, chunk_rows):
+    """:func:`workspace_bytes` of the integer SIMD path (int64 numpy arguments)."""
+    rows = C * R * S
+    n = np.maximum(-(-rows // chunk_rows), 1)
+    step = np.maximum(-(-rows // n), 1)
+    m = -(-rows // step)                       # chunks of plan_chunks
+    last = rows - (m - 1) * step
+    pair_rows = (m - 1) * 2 * (-(-step // 2)) + 2 * (-(-last // 2))
+    weights = 2 * (-(-K // MR)) * MR * pair_rows
+    hw = H * W
+    big = hw >= block_cols
+    units = -(-H // np.maximum(-(-hw // block_cols), 1))
+    imgs = np.minimum(-(-B // np.maximum(-(-(B * hw) // block_cols), 1)), B)
+    max_cols = np.where(big, units * W, imgs * hw)
+    n_blocks = np.where(big, B * -(-H // np.maximum(units, 1)), -(-B // np.maximum(imgs, 1)))
+    width = -(-max_cols // NR) * NR
+    spans = ~big & (imgs > 1)
+    worker = (width * 2 * (-(-step // 2)) + 2 * width + MR * NR * 4
+              + np.where(spans, K * max_cols * 4, 0))
+    workers = np.minimum(threads, np.maximum(n_blocks, 1))
+    total = weights + workers * worker
     empty = (B * K * hw == 0) | (rows == 0)
     return np.where(empty, 0, total)
 
