@@ -23,10 +23,11 @@ int32, 12 ymm registers) add with wrap-around, so a result is the exact sum modu
 ``2**32``: bit-identical whenever it fits int32, which :func:`parconv.conv2d` and the
 runtime guarantee through :func:`parconv.kernels.int32_safe_reduction`.
 
-Operand layouts (built by :func:`pack_weight_pairs` and :func:`pack_panel_pairs`):
+Operand layouts (built by :func:`pack_weight_pairs` and :func:`pack_strips`):
 
-* weights, per reduction chunk and block of 6 filters: ``[p][i][2]`` int16 (24 bytes per
-  pair step), zero rows past ``K`` and a zero partner past an odd chunk end;
+* weights, per reduction chunk and block of 6 filters: ``[p][i]`` int32 words holding
+  the int16 pair ``(w[i, 2p], w[i, 2p+1])`` (24 bytes per pair step), zero rows past
+  ``K`` and a zero partner past an odd chunk end;
 * panel, per chunk and strip of 16 output columns: ``[p][j][2]`` int8/uint8 (32 bytes
   per pair step), zero partner past an odd chunk end, don't-care columns past the block.
 """
@@ -35,10 +36,8 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import int32, njit, types, uint64
 from numba.core.extending import intrinsic
-
-from .float_kernels import pack_panel
 
 _JIT = dict(nogil=True, cache=True, boundscheck=False)
 
@@ -72,10 +71,10 @@ def _madd_pairs(builder, a16, b16):
 def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
     """``c[ci:ci+6, cj:cj+16] (+)= A_tile @ B_strip`` over ``npairs`` reduction pairs.
 
-    ``a``: int16 1-D (tile's weights start at element ``a_off``), ``b``: int8 or uint8
+    ``a``: int32 1-D words of int16 pairs (the tile's start at word ``a_off``), ``b``: int8 or uint8
     1-D (strip starts at byte ``b_off``), ``c``: 2-D int32 with unit column stride.
     """
-    if not (isinstance(a, types.Array) and a.dtype == types.int16 and isinstance(b, types.Array)
+    if not (isinstance(a, types.Array) and a.dtype == types.int32 and isinstance(b, types.Array)
             and b.dtype in (types.int8, types.uint8) and isinstance(c, types.Array)
             and c.dtype == types.int32 and c.ndim == 2):
         return None
@@ -94,7 +93,7 @@ def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
         aarr = context.make_array(aty)(context, builder, av)
         barr = context.make_array(bty)(context, builder, bv)
         carr = context.make_array(cty)(context, builder, cv)
-        a_ptr = builder.bitcast(builder.gep(aarr.data, [aoff]), _I32.as_pointer())
+        a_ptr = builder.gep(aarr.data, [aoff])
         b_ptr = builder.gep(builder.bitcast(barr.data, _I8.as_pointer()), [boff])
         row_bytes = builder.extract_value(carr.strides, 0)
         c_base = builder.gep(builder.bitcast(carr.data, _I8.as_pointer()),
@@ -161,30 +160,26 @@ def _tile(typingctx, a, a_off, b, b_off, npairs, c, ci, cj, accumulate):
 
 
 @intrinsic
-def _zip16(typingctx, dst, d_off, src, s0, s1):
-    """``dst[d_off + 2j] = src[s0 + j]; dst[d_off + 2j + 1] = src[s1 + j]`` for
+def _zip16(typingctx, dst, d_off, src0, s0, src1, s1):
+    """``dst[d_off + 2j] = src0[s0 + j]; dst[d_off + 2j + 1] = src1[s1 + j]`` for
     ``j < 16`` (byte arrays; two 16-byte loads, one byte interleave, one 32-byte store)."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
-            and dst.dtype.bitwidth == 8 and src.dtype.bitwidth == 8):
+    if not all(isinstance(a, types.Array) and a.dtype.bitwidth == 8 for a in (dst, src0, src1)):
         return None
-    sig = types.void(dst, d_off, src, s0, s1)
+    sig = types.void(dst, d_off, src0, s0, src1, s1)
 
     def codegen(context, builder, signature, args):
-        dv, doff, sv, s0v, s1v = args
-        dty, dot, sty, s0t, s1t = signature.args
-        dptr = builder.bitcast(context.make_array(dty)(context, builder, dv).data,
-                               _I8.as_pointer())
-        sptr = builder.bitcast(context.make_array(sty)(context, builder, sv).data,
-                               _I8.as_pointer())
         v16 = ir.VectorType(_I8, 16).as_pointer()
-        rows = [builder.load(builder.bitcast(builder.gep(sptr, [context.cast(builder, o, t,
-                                                                           types.int64)]),
-                                             v16), align=1)
-                for o, t in ((s0v, s0t), (s1v, s1t))]
-        mix = [k // 2 + 16 * (k % 2) for k in range(32)]
-        out = builder.shuffle_vector(rows[0], rows[1], _lanes(mix))
-        target = builder.gep(dptr, [context.cast(builder, doff, dot, types.int64)])
-        builder.store(out, builder.bitcast(target, _V32I8.as_pointer()), align=1)
+
+        def address(k, off):
+            arr = context.make_array(signature.args[k])(context, builder, args[k])
+            base = builder.bitcast(arr.data, _I8.as_pointer())
+            return builder.gep(base, [context.cast(builder, args[off], signature.args[off],
+                                                   types.int64)])
+
+        rows = [builder.load(builder.bitcast(address(k, k + 1), v16), align=1) for k in (2, 4)]
+        out = builder.shuffle_vector(rows[0], rows[1],
+                                     _lanes(j // 2 + 16 * (j % 2) for j in range(32)))
+        builder.store(out, builder.bitcast(address(0, 1), _V32I8.as_pointer()), align=1)
         return context.get_dummy_value()
 
     return sig, codegen
@@ -192,68 +187,80 @@ def _zip16(typingctx, dst, d_off, src, s0, s1):
 
 @njit(**_JIT)
 def pack_weight_pairs(wm, ap, chunks):
-    """Pack the ``(K, Q)`` int8 weight matrix for :func:`gemm_chunk` into ``ap`` (int16,
-    :func:`packed_weight_elements` long, overwritten).
+    """Pack the ``(K, Q)`` int8 weight matrix for :func:`gemm_chunk` into the int32 words
+    ``ap`` (:func:`packed_weight_words` long, overwritten).
 
     ``chunks`` is an ``(n, 2)`` array of reduction chunks ``[q0, q1)``; chunk ``t`` starts
-    at element ``sum_{t'<t} kblocks * 2*npairs(t') * MR`` of ``ap`` and holds, per block
-    of ``MR`` filters and pair ``p``, the words ``(w[k, q0+2p], w[k, q0+2p+1])``; zero
-    past ``K`` and past an odd chunk end.
+    at word ``sum_{t'<t} kblocks * npairs(t') * MR`` and holds, per block of ``MR`` filters
+    and pair ``p``, the words ``(w[k, q0+2p] as int16) | (w[k, q0+2p+1] as int16) << 16``
+    (little-endian: the int16 pair ``vpmaddwd`` multiplies); zero past ``K`` and past an
+    odd chunk end.
     """
-    K = wm.shape[0]
+    K, Q = wm.shape
+    wf = wm.ravel()
     kblocks = (K + MR - 1) // MR
-    ap[:] = 0
     base = 0
     for t in range(chunks.shape[0]):
         q0, q1 = chunks[t, 0], chunks[t, 1]
-        npairs = (q1 - q0 + 1) // 2
-        for k in range(K):
-            kb = k // MR
-            d = base + kb * npairs * 2 * MR + 2 * (k - kb * MR)
-            for q in range(q0, q1):   # reads a weight row in order
-                p = (q - q0) >> 1
-                ap[d + p * 2 * MR + ((q - q0) & 1)] = wm[k, q]
-        base += kblocks * npairs * 2 * MR
+        n = q1 - q0
+        npairs = (n + 1) // 2
+        for kb in range(kblocks):
+            for i in range(MR):
+                k = kb * MR + i
+                d = uint64(base + kb * npairs * MR + i)
+                if k >= K:
+                    for p in range(uint64(npairs)):
+                        ap[d + p * uint64(MR)] = 0
+                    continue
+                src = uint64(k * Q + q0)
+                for p in range(uint64(n // 2)):   # reads a weight row in order
+                    lo = int32(wf[src + uint64(2) * p]) & 0xFFFF
+                    ap[d + p * uint64(MR)] = lo | (int32(wf[src + uint64(2) * p + uint64(1)]) << 16)
+                if n % 2:
+                    ap[d + uint64((npairs - 1) * MR)] = int32(wf[src + uint64(n - 1)]) & 0xFFFF
+        base += kblocks * npairs * MR
 
 
 @njit(**_JIT)
-def pack_panel_pairs(x, strips, rows, dummy_bits, lut, q0, q1, u0, nunits, H, W, R, S,
-                     sh, sw, dh, dw, oh, ow):
-    """im2col panel rows ``q0..q1`` for output rows ``u0 .. u0+nunits`` in the
-    pair-interleaved strip layout of :func:`gemm_chunk`.
+def pack_strips(src, off, ld, nrows, ncols, strips, zero):
+    """Interleave ``nrows`` row-major panel rows into the strip layout of :func:`gemm_chunk`.
 
-    Each pair of reduction rows is first packed by :func:`pack_panel` into ``rows``
-    (``(2, nstrips*16)``, same dtype as ``x``; the second row zero past an odd end),
-    then interleaved: ``strips[s*npairs*32 + p*32 + 2j + t] = row_t[16s + j]``.
+    Row ``t`` of the panel is ``src[off + t*ld : off + t*ld + ncols]`` (an im2col panel
+    packed by :func:`pack_panel`, or ``x`` itself for 1x1 stride-1 layers);
+    ``strips[s*npairs*32 + p*32 + 2j + u] = row_{2p+u}[16s + j]``, with a zero partner
+    row past an odd ``nrows`` (``zero``: 16 zero bytes) and zeros past ``ncols``.
     """
-    npairs = (q1 - q0 + 1) // 2
-    width = rows.shape[1]
-    nstrips = width // NR
-    ncols = nunits * W
-    flat = rows.ravel()
-    for j in range(ncols, width):
-        flat[j] = 0
-        flat[width + j] = 0
-    for p in range(npairs):
-        q = q0 + 2 * p
-        q2 = min(q + 2, q1)
-        pack_panel(x, rows, dummy_bits, lut, 0, q, q2, u0, nunits, H, W, R, S, sh, sw, dh,
-                   dw, oh, ow)
-        if q2 - q == 1:
-            for j in range(ncols):
-                flat[width + j] = 0
-        for s in range(nstrips):
-            _zip16(strips, s * npairs * 32 + p * 32, flat, s * NR, width + s * NR)
+    npairs = (nrows + 1) // 2
+    full = ncols // NR
+    for s in range(full):
+        d = s * npairs * 32
+        c = off + s * NR
+        for p in range(nrows // 2):
+            _zip16(strips, d + p * 32, src, c + 2 * p * ld, src, c + (2 * p + 1) * ld)
+        if nrows % 2:
+            _zip16(strips, d + (npairs - 1) * 32, src, c + (nrows - 1) * ld, zero, 0)
+    rest = ncols - full * NR
+    if rest:
+        d = full * npairs * 32
+        c = off + full * NR
+        for p in range(npairs):
+            e = d + p * 32
+            for j in range(NR):
+                lo = src[c + 2 * p * ld + j] if j < rest else 0
+                hi = src[c + (2 * p + 1) * ld + j] if j < rest and 2 * p + 1 < nrows else 0
+                strips[e + 2 * j] = lo
+                strips[e + 2 * j + 1] = hi
 
 
 @njit(**_JIT)
-def gemm_chunk(ap, a_base, strips, npairs, K, ncols, c, assign, mc_blocks, scratch):
+def gemm_chunk(ap, a_base, strips, npairs, K, ncols, c, assign, scratch):
     """``c[:K, :ncols] (+)= A_chunk @ P_chunk`` for one reduction chunk.
 
     ``ap[a_base:]`` is the chunk's packed weights, ``strips`` its packed panel,
     ``c`` a 2-D int32 array (unit column stride, any row stride); ``scratch`` an
-    ``(MR, NR)`` int32 buffer for edge tiles. Loops: groups of ``mc_blocks`` filter
-    blocks (their weights stay in L2), strips of 16 columns (in L1), filter blocks.
+    ``(MR, NR)`` int32 buffer for edge tiles. Loops: blocks of ``MR`` filters (their
+    packed weights stay in L1) over strips of ``NR`` columns (streamed from L2), so the
+    tiles of ``c`` are visited row block by row block, in memory order.
     """
     kblocks = (K + MR - 1) // MR
     nstrips = (ncols + NR - 1) // NR
@@ -261,22 +268,40 @@ def gemm_chunk(ap, a_base, strips, npairs, K, ncols, c, assign, mc_blocks, scrat
     for kb in range(kblocks):
         i0 = kb * MR
         ni = min(MR, K - i0)
-        a_off = a_base + kb * npairs * 2 * MR
+        a_off = a_base + kb * npairs * MR
         for s in range(nstrips):
             j0 = s * NR
             nj = min(NR, ncols - j0)
             b_off = s * npairs * 32
-            if True:
-                if ni == MR and nj == NR:
-                    _tile(ap, a_off, strips, b_off, npairs, c, i0, j0, acc)
-                else:
-                    _tile(ap, a_off, strips, b_off, npairs, scratch, 0, 0, False)
-                    for i in range(ni):
-                        for j in range(nj):
-                            if assign:
-                                c[i0 + i, j0 + j] = scratch[i, j]
-                            else:
-                                c[i0 + i, j0 + j] += scratch[i, j]
+            if ni == MR and nj == NR:
+                _tile(ap, a_off, strips, b_off, npairs, c, i0, j0, acc)
+            else:
+                _tile(ap, a_off, strips, b_off, npairs, scratch, 0, 0, False)
+                for i in range(ni):
+                    for j in range(nj):
+                        if assign:
+                            c[i0 + i, j0 + j] = scratch[i, j]
+                        else:
+                            c[i0 + i, j0 + j] += scratch[i, j]
+
+
+@njit(**_JIT)
+def scatter_images(out_mat, block, b0, nimg, assign):
+    """``out_mat[b0+i, k, :] (+)= block[k, i*HW : (i+1)*HW]`` for a block of whole images
+    (``out_mat``: the ``(B, K, H*W)`` view of the output, planes contiguous), image by
+    image and plane by plane (both sides read and written in memory order)."""
+    K = block.shape[0]
+    hw = out_mat.shape[2]
+    for i in range(nimg):
+        for k in range(K):
+            dst = out_mat[b0 + i, k]
+            src = block[k, i * hw:(i + 1) * hw]
+            if assign:
+                for j in range(hw):
+                    dst[j] = src[j]
+            else:
+                for j in range(hw):
+                    dst[j] += src[j]
 
 
 def chunk_table(chunks) -> np.ndarray:
@@ -284,7 +309,7 @@ def chunk_table(chunks) -> np.ndarray:
     return np.asarray(chunks, dtype=np.int64).reshape(-1, 2)
 
 
-def packed_weight_elements(K: int, chunks) -> int:
-    """int16 elements :func:`pack_weight_pairs` writes for ``K`` filters and ``chunks``."""
+def packed_weight_words(K: int, chunks) -> int:
+    """int32 words :func:`pack_weight_pairs` writes for ``K`` filters and ``chunks``."""
     kblocks = -(-K // MR)
-    return sum(kblocks * ((q1 - q0 + 1) // 2) * 2 * MR for q0, q1 in chunks)
+    return sum(kblocks * ((q1 - q0 + 1) // 2) * MR for q0, q1 in chunks)

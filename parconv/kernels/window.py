@@ -31,9 +31,10 @@ from .int_simd import (
     NR,
     chunk_table,
     gemm_chunk,
-    pack_panel_pairs,
+    pack_strips,
     pack_weight_pairs,
-    packed_weight_elements,
+    packed_weight_words,
+    scatter_images,
 )
 from .threads import resolve_threads, single_threaded_blas
 
@@ -42,10 +43,9 @@ BLOCK_COLS = 1024
 CHUNK_ROWS = 1024
 #: smallest image (output columns) for which 1x1 stride-1 GEMMs read the input in place.
 DIRECT_MIN_COLS = 256
-#: integer SIMD path: longest reduction chunk (its panel strip, 16 * chunk bytes, stays in
-#: L1) and the bytes of packed weights one filter group keeps in L2.
+#: integer SIMD path: longest reduction chunk (a block's panel, chunk x cols bytes, and
+#: its strips stay in L2; one 6-filter weight tile, 12 * chunk bytes, in L1).
 INT_CHUNK_ROWS = 256
-INT_GROUP_BYTES = 65536
 #: environment variable choosing the integer kernel (``simd`` / ``float`` / ``auto``).
 INT_KERNEL_ENV = "PARCONV_INT_KERNEL"
 INT_KERNELS = ("simd", "float")
@@ -320,49 +320,57 @@ def _int_simd(x, w, out, geometry, accumulate, nthreads, block_cols, chunk_rows)
     rows = C * R * S
     chunks = plan_chunks(rows, min(chunk_rows, INT_CHUNK_ROWS))
     table = chunk_table(chunks)
-    ap = np.empty(packed_weight_elements(K, chunks), dtype=np.int16)
+    ap = np.empty(packed_weight_words(K, chunks), dtype=np.int32)
     pack_weight_pairs(np.ascontiguousarray(w).reshape(K, rows), ap, table)
     kblocks = -(-K // MR)
     a_base, base = [], 0
     for q0, q1 in chunks:
         a_base.append(base)
-        base += kblocks * ((q1 - q0 + 1) // 2) * 2 * MR
+        base += kblocks * ((q1 - q0 + 1) // 2) * MR
     blocks = plan_blocks(B, H, W, block_cols)
-    max_pairs = max((q1 - q0 + 1) // 2 for q0, q1 in chunks)
+    max_rows = max(q1 - q0 for q0, q1 in chunks)
+    max_pairs = (max_rows + 1) // 2
     max_cols = max(n for _, n in blocks) * W
     width = -(-max_cols // NR) * NR
     out_mat = out.view()
     out_mat.shape = (B, K, H * W)
-    lut = _DUMMY_LUT
+    Hx, Wx = x.shape[2:]
+    # 1x1, stride 1, whole input rows: panel rows are stretches of x itself
+    direct = (R == 1 and S == 1 and sh == 1 and sw == 1 and ow == 0 and Wx == W
+              and 0 <= oh and oh + H <= Hx)
+    xflat = x.reshape(-1)
+    zero = np.zeros(NR, dtype=x.dtype)
     dummy_bits = np.zeros(1, dtype=np.uint32)
 
     def run(block_list):
         strips = np.empty(width * 2 * max_pairs, dtype=x.dtype)
-        rowbuf = np.empty(2 * width, dtype=x.dtype)
-        scratch = np.empty((MR, NR), dtype=np.int32)
         spans = any((u0 + nu - 1) // H != u0 // H for u0, nu in block_list)
+        panel_buf = np.empty(0 if direct and not spans else max_rows * max_cols, dtype=x.dtype)
+        scratch = np.empty((MR, NR), dtype=np.int32)
         tmp_buf = np.empty(K * max_cols if spans else 0, dtype=np.int32)
         for u0, nu in block_list:
             ncols = nu * W
             b0 = u0 // H
+            h0 = u0 - b0 * H
             inside = (u0 + nu - 1) // H == b0
             if inside:
-                h0 = u0 - b0 * H
                 cmat = out_mat[b0, :, h0 * W:h0 * W + ncols]
             else:
                 cmat = tmp_buf[:K * ncols].reshape(K, ncols)
-            bw = -(-ncols // NR) * NR
-            rb = rowbuf[:2 * bw].reshape(2, bw)   # C-contiguous (the kernels ravel it)
             for t, (q0, q1) in enumerate(chunks):
                 npairs = (q1 - q0 + 1) // 2
-                pack_panel_pairs(x, strips, rb, dummy_bits, lut, q0, q1, u0, nu, H, W, R, S,
-                                 sh, sw, dh, dw, oh, ow)
-                group = max(1, INT_GROUP_BYTES // (npairs * 4 * MR))
+                if direct and inside:
+                    src, off, ld = xflat, ((b0 * C + q0) * Hx + oh + h0) * W, Hx * W
+                else:
+                    panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
+                    pack_panel(x, panel, dummy_bits, _DUMMY_LUT, 0, q0, q1, u0, nu, H, W, R,
+                               S, sh, sw, dh, dw, oh, ow)
+                    src, off, ld = panel_buf, 0, ncols
+                pack_strips(src, off, ld, q1 - q0, ncols, strips, zero)
                 assign = t == 0 and not (inside and accumulate)
-                gemm_chunk(ap, a_base[t], strips, npairs, K, ncols, cmat, assign, group,
-                           scratch)
-            if not inside:
-                scatter_float(out, cmat, u0, nu, H, W, not accumulate)
+                gemm_chunk(ap, a_base[t], strips, npairs, K, ncols, cmat, assign, scratch)
+            if not inside:   # a block spanning images holds whole images
+                scatter_images(out_mat, cmat, b0, nu // H, not accumulate)
 
     if nthreads == 1 or len(blocks) == 1:
         run(blocks)
@@ -396,8 +404,10 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     Integer inputs on the SIMD kernel (``int_kernel`` resolved as by
     :func:`conv2d_window`): the packed weights once per call (int16, ``K`` rounded up to
     the 6-row tile, every chunk rounded up to an even length), and per worker the
-    pair-interleaved panel (``16*ceil(cols/16)`` x even chunk bytes), two packing rows,
-    an edge tile and the ``K x max_cols`` int32 buffer when a block spans images.
+    pair-interleaved panel (``16*ceil(cols/16)`` x even chunk bytes), the row-major
+    panel it is interleaved from (none when ``direct``: 1x1 stride-1 blocks inside one
+    image interleave ``x`` itself), an edge tile and the ``K x max_cols`` int32 buffer
+    when a block spans images.
     """
     acc = accumulator_dtype(x_dtype, w_dtype)
     integer = acc.kind == "i"
@@ -405,9 +415,10 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     B, K, C, H, W, R, S = (np.asarray(v, dtype=np.int64) for v in (B, K, C, H, W, R, S))
     if integer and resolve_int_kernel(int_kernel) == "simd":
         return _simd_workspace(B, K, C, H, W, R, S, threads, block_cols,
-                               min(chunk_rows, INT_CHUNK_ROWS))
-    if integer:
+                               min(chunk_rows, INT_CHUNK_ROWS), direct)
+    if integer:   # the float32-chunk path always packs
         chunk_rows = min(chunk_rows, exact_chunk_rows(x_dtype, w_dtype))
+        direct = False
     rows = C * R * S
     n_chunks = -(-rows // chunk_rows)
     max_rows = np.where(rows > 0, -(-rows // np.maximum(n_chunks, 1)), 0)
@@ -432,7 +443,7 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     return np.where(empty, 0, total)
 
 
-def _simd_workspace(B, K, C, H, W, R, S, threads, block_cols, chunk_rows):
+def _simd_workspace(B, K, C, H, W, R, S, threads, block_cols, chunk_rows, direct):
     """:func:`workspace_bytes` of the integer SIMD path (int64 numpy arguments)."""
     rows = C * R * S
     n = np.maximum(-(-rows // chunk_rows), 1)
@@ -449,8 +460,9 @@ def _simd_workspace(B, K, C, H, W, R, S, threads, block_cols, chunk_rows):
     n_blocks = np.where(big, B * -(-H // np.maximum(units, 1)), -(-B // np.maximum(imgs, 1)))
     width = -(-max_cols // NR) * NR
     spans = ~big & (imgs > 1)
-    worker = (width * 2 * (-(-step // 2)) + 2 * width + MR * NR * 4
-              + np.where(spans, K * max_cols * 4, 0))
+    direct = ((R == 1) & (S == 1) & np.asarray(direct, dtype=bool)) & ~spans
+    worker = (width * 2 * (-(-step // 2)) + np.where(direct, 0, step * max_cols)
+              + MR * NR * 4 + np.where(spans, K * max_cols * 4, 0))
     workers = np.minimum(threads, np.maximum(n_blocks, 1))
     total = weights + workers * worker
     empty = (B * K * hw == 0) | (rows == 0)
