@@ -45,7 +45,7 @@ CHUNK_ROWS = 1024
 DIRECT_MIN_COLS = 256
 #: integer SIMD path: longest reduction chunk (a block's panel, chunk x cols bytes, and
 #: its strips stay in L2; one 6-filter weight tile, 12 * chunk bytes, in L1).
-INT_CHUNK_ROWS = 256
+INT_CHUNK_ROWS = 512
 #: environment variable choosing the integer kernel (``simd`` / ``float`` / ``auto``).
 INT_KERNEL_ENV = "PARCONV_INT_KERNEL"
 INT_KERNELS = ("simd", "float")
