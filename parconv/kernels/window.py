@@ -13,6 +13,11 @@ is ever built: the extra memory is one panel (``chunk_rows x block_cols``) plus 
 ``K x block_cols`` buffer per worker, plus a ``K x chunk_rows`` buffer for weights that are
 not already float32/float64 (int8, float16, bfloat16: converted chunk by chunk). 1x1
 stride-1 layers whose input rows are whole read ``x`` in place: no panel at all.
+
+Integer inputs run by default (x86-64 with AVX2) on the exact 16-bit SIMD kernel of
+:mod:`.int_simd` (:func:`_int_simd`: same blocks, int8 panels interleaved in pairs,
+``vpmaddwd`` tiles into int32); ``int_kernel='float'`` / ``PARCONV_INT_KERNEL=float`` (and
+the default elsewhere) keeps the exact float32-chunk path of :mod:`.int_kernels`.
 """
 
 from __future__ import annotations
