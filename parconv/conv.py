@@ -17,7 +17,7 @@ from .kernels.window import _pair
 
 def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=1,
            out_dtype: str | np.dtype | None = None, *, allow_overflow: bool = False,
-           threads: int | None = None) -> np.ndarray:
+           threads: int | None = None, int_kernel: str | None = None) -> np.ndarray:
     """2-D convolution (cross-correlation) of an NCHW input with an OIHW weight.
 
     Parameters
@@ -41,6 +41,10 @@ def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=
         accumulator. ``True`` runs it anyway; results that overflow wrap modulo 2**32.
     threads : int, optional
         Worker threads (default ``$PARCONV_THREADS`` or 1).
+    int_kernel : {'auto', 'simd', 'float'}, optional
+        Integer inputs: the exact 16-bit SIMD multiply-add kernel or the exact float32
+        chunk path (default ``$PARCONV_INT_KERNEL`` or ``auto``, see
+        :func:`parconv.kernels.resolve_int_kernel`).
 
     Returns
     -------
@@ -100,7 +104,8 @@ def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=
     elif out_dt.kind != "f" and out_dt != np.dtype(dtypes.numpy_dtype("bfloat16")):
         raise ValueError(f"float convolution: out_dtype must be a float dtype, got {out_dt}")
     out = np.empty((B, K, H, W), dtype=acc)
-    conv2d_window(input, weight, out, (sh, sw), (dh, dw), (-ph, -pw), False, threads)
+    conv2d_window(input, weight, out, (sh, sw), (dh, dw), (-ph, -pw), False, threads,
+                  int_kernel=int_kernel)
     return out if out_dt == acc else out.astype(out_dt)
 
 

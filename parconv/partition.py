@@ -357,18 +357,21 @@ def peak_memory_bits(p, n: dict):
 
 def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w):
     """Whether the local kernel takes its 1x1 stride-1 in-place path (no packing panel):
-    1x1 filter, stride 1, float32/float64 input equal to the accumulator, every output
-    row and column of the block reading an input inside the window (``need == out``), and
-    at least :data:`parconv.kernels.window.DIRECT_MIN_COLS` output pixels per image."""
+    1x1 filter, stride 1, every output row and column of the block reading an input
+    inside the window (``need == out``), and either integer operands (the SIMD kernel
+    interleaves ``x`` itself; :func:`parconv.kernels.window.workspace_bytes` applies it
+    only to that kernel) or a float32/float64 input equal to the accumulator with at
+    least :data:`parconv.kernels.window.DIRECT_MIN_COLS` output pixels per image."""
     from . import dtypes
     from .kernels.window import DIRECT_MIN_COLS
 
     p = spec.precision
     same = dtypes.numpy_dtype(p.input) == dtypes.numpy_dtype(p.accum) and not p.is_integer
-    if not (spec.R == 1 and spec.S == 1 and tuple(spec.stride) == (1, 1) and same):
+    if not (spec.R == 1 and spec.S == 1 and tuple(spec.stride) == (1, 1)
+            and (same or p.is_integer)):
         return np.zeros(np.broadcast(out_h, out_w).shape, dtype=bool)
-    return (np.asarray(need_h) == out_h) & (np.asarray(need_w) == out_w) \
-        & (np.asarray(out_h) * out_w >= DIRECT_MIN_COLS)
+    inside = (np.asarray(need_h) == out_h) & (np.asarray(need_w) == out_w)
+    return inside if p.is_integer else inside & (np.asarray(out_h) * out_w >= DIRECT_MIN_COLS)
 
 
 def kernel_workspace_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, need_h, need_w):

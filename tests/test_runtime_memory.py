@@ -88,13 +88,22 @@ CASES_WS = [((2, 8, 10, 10), (4, 8, 3, 3), np.float32, np.float32, 1),
             ((2, 30, 31, 30), (5, 30, 3, 3), np.float16, np.float16, 2),
             ((2, 8, 40, 40), (4, 8, 1, 1), np.float64, np.float64, 1),
             ((6, 8, 5, 5), (4, 8, 3, 3), np.float32, np.float32, 1),
-            ((2, 8, 40, 40), (4, 8, 3, 3), np.uint8, np.int8, 2)]
+            ((2, 8, 40, 40), (4, 8, 3, 3), np.uint8, np.int8, 2),
+            ((2, 9, 40, 40), (7, 9, 1, 1), np.int8, np.int8, 1),     # int 1x1: x interleaved
+            ((3, 9, 12, 12), (5, 9, 1, 1), np.uint8, np.int8, 1)]    # blocks span images
 
 
+@pytest.mark.parametrize("int_kernel", ["simd", "float"])
 @pytest.mark.parametrize("xs,ws,xd,wd,stride", CASES_WS)
-def test_kernel_workspace_formula_and_transposed_output(xs, ws, xd, wd, stride, warm_numba):
+def test_kernel_workspace_formula_and_transposed_output(xs, ws, xd, wd, stride, int_kernel,
+                                                        warm_numba, monkeypatch):
     """The kernel's own allocations equal ``workspace_bytes``; writing through the
-    transposed view of a (K, B, H, W) buffer gives the same result as a plain output."""
+    transposed view of a (K, B, H, W) buffer gives the same result as a plain output.
+    Integer cases on both integer kernels (chosen through ``$PARCONV_INT_KERNEL``, as
+    the runtime and the planner see it)."""
+    if np.dtype(xd).kind == "f" and int_kernel == "float":
+        pytest.skip("integer kernels only")
+    monkeypatch.setenv("PARCONV_INT_KERNEL", int_kernel)
     rng = np.random.default_rng(0)
     x, w = rng.integers(-3, 3, xs).astype(xd), rng.integers(-3, 3, ws).astype(wd)
     H, W = (xs[2] - ws[2]) // stride + 1, (xs[3] - ws[3]) // stride + 1
@@ -110,7 +119,8 @@ def test_kernel_workspace_formula_and_transposed_output(xs, ws, xd, wd, stride, 
     peak = tracemalloc.get_traced_memory()[1] - start
     tracemalloc.stop()
     assert np.array_equal(buf.transpose(1, 0, 2, 3), ref)
-    direct = ws[2] == ws[3] == 1 and stride == 1 and np.dtype(xd) == acc and H * W >= 256
+    direct = ws[2] == ws[3] == 1 and stride == 1 and (
+        np.dtype(xd) == acc and H * W >= 256 or acc.kind == "i")   # as kernel_direct
     pred = int(workspace_bytes(xs[0], ws[0], xs[1], H, W, ws[2], ws[3], xd, wd, direct))
     assert pred <= peak <= pred + 16384, (peak, pred)
     with pytest.raises(ValueError, match="planes"):

@@ -1,4 +1,5 @@
-"""Integer (int8/uint8 x int8 -> int32) support: exact float32 GEMM chunks.
+"""Integer (int8/uint8 x int8 -> int32) support: bounds, and the portable exact kernel
+in float32 GEMM chunks (the default off x86/AVX2; the SIMD kernel is :mod:`.int_simd`).
 
 Every product of an int8/uint8 activation and an int8 weight is an integer of magnitude
 at most ``m = max|x| * max|w|`` (16384 for int8 x int8, 32640 for uint8 x int8). A sum of

@@ -13,6 +13,11 @@ is ever built: the extra memory is one panel (``chunk_rows x block_cols``) plus 
 ``K x block_cols`` buffer per worker, plus a ``K x chunk_rows`` buffer for weights that are
 not already float32/float64 (int8, float16, bfloat16: converted chunk by chunk). 1x1
 stride-1 layers whose input rows are whole read ``x`` in place: no panel at all.
+
+Integer inputs run by default (x86-64 with AVX2) on the exact 16-bit SIMD kernel of
+:mod:`.int_simd` (:func:`_int_simd`: same blocks, int8 panels interleaved in pairs,
+``vpmaddwd`` tiles into int32); ``int_kernel='float'`` / ``PARCONV_INT_KERNEL=float`` (and
+the default elsewhere) keeps the exact float32-chunk path of :mod:`.int_kernels`.
 """
 
 from __future__ import annotations
@@ -26,6 +31,16 @@ import numpy as np
 from .blas import gemm
 from .float_kernels import pack_panel, scatter_float
 from .int_kernels import INT_INPUTS, INT_WEIGHTS, exact_chunk_rows, scatter_int
+from .int_simd import (
+    MR,
+    NR,
+    chunk_table,
+    gemm_chunk,
+    pack_strips,
+    pack_weight_pairs,
+    packed_weight_words,
+    scatter_images,
+)
 from .threads import resolve_threads, single_threaded_blas
 
 #: default block width (output columns per GEMM) and float reduction chunk (panel rows).
@@ -33,6 +48,12 @@ BLOCK_COLS = 1024
 CHUNK_ROWS = 1024
 #: smallest image (output columns) for which 1x1 stride-1 GEMMs read the input in place.
 DIRECT_MIN_COLS = 256
+#: integer SIMD path: longest reduction chunk (a block's panel, chunk x cols bytes, and
+#: its strips stay in L2; one 6-filter weight tile, 12 * chunk bytes, in L1).
+INT_CHUNK_ROWS = 512
+#: environment variable choosing the integer kernel (``simd`` / ``float`` / ``auto``).
+INT_KERNEL_ENV = "PARCONV_INT_KERNEL"
+INT_KERNELS = ("simd", "float")
 
 _F16 = np.dtype(np.float16)
 _BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -91,6 +112,47 @@ def _pair(name: str, value) -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
 
 
+def simd_supported() -> bool:
+    """True where the 16-bit SIMD integer kernel is the default: an x86-64 host with AVX2
+    (its ``vpmaddwd`` runs 16 multiply-adds per instruction). Elsewhere the generic IR
+    still compiles to exact code, but the float32-chunk path (BLAS) is the safe default."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    try:
+        from llvmlite import binding as llvm
+
+        return "+avx2" in llvm.get_host_cpu_features().flatten().split(",")
+    except Exception:  # noqa: BLE001 - any failure means: use the portable path
+        return False
+
+
+_SIMD_DEFAULT = simd_supported()
+
+
+def resolve_int_kernel(kernel: str | None = None) -> str:
+    """Integer kernel for a call: ``kernel``, else ``$PARCONV_INT_KERNEL``, else ``auto``;
+    ``auto`` is ``simd`` where :func:`simd_supported`, else ``float``.
+
+    Raises
+    ------
+    ValueError
+        For a value other than ``auto``, ``simd`` or ``float``.
+    """
+    import os
+
+    source = "int_kernel"
+    if kernel is None:
+        source = INT_KERNEL_ENV
+        kernel = os.environ.get(INT_KERNEL_ENV, "").strip() or "auto"
+    if kernel == "auto":
+        return "simd" if _SIMD_DEFAULT else "float"
+    if kernel not in INT_KERNELS:
+        raise ValueError(f"{source} must be 'auto', 'simd' or 'float', got {kernel!r}")
+    return kernel
+
+
 def plan_blocks(B: int, H: int, W: int, block_cols: int) -> list[tuple[int, int]]:
     """Output row-unit blocks ``(u0, nunits)`` of about ``block_cols`` columns each."""
     if H * W >= block_cols:
@@ -124,7 +186,8 @@ def direct_view(x: np.ndarray, R: int, S: int, H: int, W: int, stride, offset,
 
 def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilation=1,
                   offset=(0, 0), accumulate: bool = False, threads: int | None = None,
-                  *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS) -> None:
+                  *, block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS,
+                  int_kernel: str | None = None) -> None:
     """Local convolution over a window of the input, written into ``out`` in place.
 
     ``out[b,k,h,w] (+)= sum_{c,r,s} x[b, c, sh*h + dh*r + offset[0], sw*w + dw*s +
@@ -150,7 +213,12 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
         Worker threads (default ``$PARCONV_THREADS`` or 1), see :mod:`.threads`.
     block_cols, chunk_rows : int
         Tuning: output columns per GEMM block and panel rows per reduction chunk (the
-        integer path caps chunks at the float32-exact length).
+        integer paths cap chunks at :data:`INT_CHUNK_ROWS` (SIMD) or the float32-exact
+        length (float)).
+    int_kernel : {'auto', 'simd', 'float'}, optional
+        Integer inputs only: ``simd`` = exact 16-bit multiply-add kernel
+        (:mod:`.int_simd`), ``float`` = exact float32 chunks through BLAS; default
+        ``$PARCONV_INT_KERNEL`` or ``auto`` (:func:`resolve_int_kernel`).
 
     Raises
     ------
@@ -184,6 +252,7 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     if block_cols < 1 or chunk_rows < 1:
         raise ValueError("block_cols and chunk_rows must be >= 1")
     nthreads = resolve_threads(threads)
+    int_path = resolve_int_kernel(int_kernel) if acc.kind == "i" else None
     H, W = out.shape[2:]
     if out.size == 0:
         return
@@ -195,6 +264,10 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
     integer = acc.kind == "i"
     panel_dtype = _F32 if integer else acc
     x = np.ascontiguousarray(x)
+    if int_path == "simd":
+        _int_simd(x, w, out, (H, W, R, S, sh, sw, dh, dw, oh, ow), accumulate, nthreads,
+                  block_cols, chunk_rows)
+        return
     xk, code, lut = _decoder(x, panel_dtype)
     rows = C * R * S
     # float32/float64 weights are used in place; others are converted chunk by chunk
@@ -241,6 +314,78 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
                     fut.result()
 
 
+def _int_simd(x, w, out, geometry, accumulate, nthreads, block_cols, chunk_rows) -> None:
+    """Integer convolution on the 16-bit SIMD kernel (:mod:`.int_simd`): weights packed
+    once per call (int16 pairs), per output block and reduction chunk one panel in the
+    pair-interleaved strip layout and one :func:`gemm_chunk` into ``out`` (blocks inside
+    one image) or into a ``K x cols`` int32 buffer scattered afterwards."""
+    H, W, R, S, sh, sw, dh, dw, oh, ow = geometry
+    B, C = x.shape[:2]
+    K = w.shape[0]
+    rows = C * R * S
+    chunks = plan_chunks(rows, min(chunk_rows, INT_CHUNK_ROWS))
+    table = chunk_table(chunks)
+    ap = np.empty(packed_weight_words(K, chunks), dtype=np.int32)
+    pack_weight_pairs(np.ascontiguousarray(w).reshape(K, rows), ap, table)
+    kblocks = -(-K // MR)
+    a_base, base = [], 0
+    for q0, q1 in chunks:
+        a_base.append(base)
+        base += kblocks * ((q1 - q0 + 1) // 2) * MR
+    blocks = plan_blocks(B, H, W, block_cols)
+    max_rows = max(q1 - q0 for q0, q1 in chunks)
+    max_pairs = (max_rows + 1) // 2
+    max_cols = max(n for _, n in blocks) * W
+    width = -(-max_cols // NR) * NR
+    out_mat = out.view()
+    out_mat.shape = (B, K, H * W)
+    Hx, Wx = x.shape[2:]
+    # 1x1, stride 1, whole input rows: panel rows are stretches of x itself
+    direct = (R == 1 and S == 1 and sh == 1 and sw == 1 and ow == 0 and Wx == W
+              and 0 <= oh and oh + H <= Hx)
+    xflat = x.reshape(-1)
+    zero = np.zeros(NR, dtype=x.dtype)
+    dummy_bits = np.zeros(1, dtype=np.uint32)
+
+    def run(block_list):
+        strips = np.empty(width * 2 * max_pairs, dtype=x.dtype)
+        spans = any((u0 + nu - 1) // H != u0 // H for u0, nu in block_list)
+        panel_buf = np.empty(0 if direct and not spans else max_rows * max_cols, dtype=x.dtype)
+        scratch = np.empty((MR, NR), dtype=np.int32)
+        tmp_buf = np.empty(K * max_cols if spans else 0, dtype=np.int32)
+        for u0, nu in block_list:
+            ncols = nu * W
+            b0 = u0 // H
+            h0 = u0 - b0 * H
+            inside = (u0 + nu - 1) // H == b0
+            if inside:
+                cmat = out_mat[b0, :, h0 * W:h0 * W + ncols]
+            else:
+                cmat = tmp_buf[:K * ncols].reshape(K, ncols)
+            for t, (q0, q1) in enumerate(chunks):
+                npairs = (q1 - q0 + 1) // 2
+                if direct and inside:
+                    src, off, ld = xflat, ((b0 * C + q0) * Hx + oh + h0) * W, Hx * W
+                else:
+                    panel = panel_buf[:(q1 - q0) * ncols].reshape(q1 - q0, ncols)
+                    pack_panel(x, panel, dummy_bits, _DUMMY_LUT, 0, q0, q1, u0, nu, H, W, R,
+                               S, sh, sw, dh, dw, oh, ow)
+                    src, off, ld = panel_buf, 0, ncols
+                pack_strips(src, off, ld, q1 - q0, ncols, strips, zero)
+                assign = t == 0 and not (inside and accumulate)
+                gemm_chunk(ap, a_base[t], strips, npairs, K, ncols, cmat, assign, scratch)
+            if not inside:   # a block spanning images holds whole images
+                scatter_images(out_mat, cmat, b0, nu // H, not accumulate)
+
+    if nthreads == 1 or len(blocks) == 1:
+        run(blocks)
+    else:
+        n = min(nthreads, len(blocks))
+        with ThreadPoolExecutor(max_workers=n) as pool:
+            for fut in [pool.submit(run, blocks[i::n]) for i in range(n)]:
+                fut.result()
+
+
 def _planes_contiguous(out: np.ndarray) -> bool:
     """True when every ``out[b, k]`` (H, W) plane is C-contiguous."""
     H, W = out.shape[2:]
@@ -249,7 +394,8 @@ def _planes_contiguous(out: np.ndarray) -> bool:
 
 
 def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads: int = 1,
-                    block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS):
+                    block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS,
+                    int_kernel: str | None = None):
     """Bytes :func:`conv2d_window` allocates besides its arguments (numpy-vectorised over
     the integer arguments).
 
@@ -259,13 +405,25 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     for weights not in the panel dtype; ``max_rows`` / ``max_cols`` are the largest
     reduction chunk and output block of :func:`plan_chunks` / :func:`plan_blocks`. Zero
     when the output or the reduction is empty. Workers: ``min(threads, blocks)``.
+
+    Integer inputs on the SIMD kernel (``int_kernel`` resolved as by
+    :func:`conv2d_window`): the packed weights once per call (int16, ``K`` rounded up to
+    the 6-row tile, every chunk rounded up to an even length), and per worker the
+    pair-interleaved panel (``16*ceil(cols/16)`` x even chunk bytes), the row-major
+    panel it is interleaved from (none when ``direct``: 1x1 stride-1 blocks inside one
+    image interleave ``x`` itself), an edge tile and the ``K x max_cols`` int32 buffer
+    when a block spans images.
     """
     acc = accumulator_dtype(x_dtype, w_dtype)
     integer = acc.kind == "i"
     panel_dt = _F32 if integer else acc
     B, K, C, H, W, R, S = (np.asarray(v, dtype=np.int64) for v in (B, K, C, H, W, R, S))
-    if integer:
+    if integer and resolve_int_kernel(int_kernel) == "simd":
+        return _simd_workspace(B, K, C, H, W, R, S, threads, block_cols,
+                               min(chunk_rows, INT_CHUNK_ROWS), direct)
+    if integer:   # the float32-chunk path always packs
         chunk_rows = min(chunk_rows, exact_chunk_rows(x_dtype, w_dtype))
+        direct = False
     rows = C * R * S
     n_chunks = -(-rows // chunk_rows)
     max_rows = np.where(rows > 0, -(-rows // np.maximum(n_chunks, 1)), 0)
@@ -286,6 +444,32 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
     wbuf = K * max_rows if convert else 0
     workers = np.minimum(threads, np.maximum(n_blocks, 1))
     total = workers * (panel + tmp + wbuf) * panel_dt.itemsize
+    empty = (B * K * hw == 0) | (rows == 0)
+    return np.where(empty, 0, total)
+
+
+def _simd_workspace(B, K, C, H, W, R, S, threads, block_cols, chunk_rows, direct):
+    """:func:`workspace_bytes` of the integer SIMD path (int64 numpy arguments)."""
+    rows = C * R * S
+    n = np.maximum(-(-rows // chunk_rows), 1)
+    step = np.maximum(-(-rows // n), 1)
+    m = -(-rows // step)                       # chunks of plan_chunks
+    last = rows - (m - 1) * step
+    pair_rows = (m - 1) * 2 * (-(-step // 2)) + 2 * (-(-last // 2))
+    weights = 2 * (-(-K // MR)) * MR * pair_rows
+    hw = H * W
+    big = hw >= block_cols
+    units = -(-H // np.maximum(-(-hw // block_cols), 1))
+    imgs = np.minimum(-(-B // np.maximum(-(-(B * hw) // block_cols), 1)), B)
+    max_cols = np.where(big, units * W, imgs * hw)
+    n_blocks = np.where(big, B * -(-H // np.maximum(units, 1)), -(-B // np.maximum(imgs, 1)))
+    width = -(-max_cols // NR) * NR
+    spans = ~big & (imgs > 1)
+    direct = ((R == 1) & (S == 1) & np.asarray(direct, dtype=bool)) & ~spans
+    worker = (width * 2 * (-(-step // 2)) + np.where(direct, 0, step * max_cols)
+              + MR * NR * 4 + np.where(spans, K * max_cols * 4, 0))
+    workers = np.minimum(threads, np.maximum(n_blocks, 1))
+    total = weights + workers * worker
     empty = (B * K * hw == 0) | (rows == 0)
     return np.where(empty, 0, total)
 
