@@ -101,6 +101,78 @@ def default_kernel():
     return conv2d_window
 
 
+def gather_input_window(gc: GridComm, sched: Schedule, x_local: np.ndarray,
+                        stats: RankStats, ops: dict | None = None,
+                        names: tuple[str, str] = ("input_allgather", "input_halo")) -> np.ndarray:
+    """Steps 1-2: the ``(b, c_blk, rows, cols)`` local input window (input dtype).
+
+    ``ops`` / ``names``: the operations' schedules and the names the bytes are counted
+    under (default: the forward's; a backward pass that gathers the window again uses
+    ``recompute_*``).
+    """
+    spec, rank, z = sched.spec, sched.rank, sched.sizes
+    in_dt = dtypes.numpy_dtype(spec.precision.input)
+    ops = sched.ops if ops is None else ops
+    ag, halo = names
+    b, c_blk = z["b"], z["c_blk"]
+    # 1. input allgather along the k-fiber: own used plane, channel-major (c, b, rows, cols)
+    with _phase(stats, rank, ag):
+        r_lo, c_lo = sched.own_origin
+        nr, nc = len(sched.used_rows), len(sched.used_cols)
+        send = np.empty((z["c_own"], b, nr, nc), in_dt)
+        _copy(send, _ALL, _ALL, x_local, sched.used_rows - r_lo, sched.used_cols - c_lo, True)
+        if len(ops[ag].members) == 1:   # nothing to gather: no copy
+            gathered = send
+            stats.counters.add(ag, 0, 0)
+        else:
+            gathered = np.empty((c_blk, b, nr, nc), in_dt)
+            allgather(gc.fibers["input_allgather"], ops[ag], send, gathered, stats.counters)
+        del send
+
+    # 2. halo exchange; the window is built directly in the kernel's (b, c, rows, cols)
+    with _phase(stats, rank, halo):
+        (wr0, wr1), (wc0, wc1) = sched.window
+        window = np.zeros((b, c_blk, wr1 - wr0, wc1 - wc0), in_dt)
+        if sched.self_rows.size and sched.self_cols.size:
+            _copy(window, sched.self_rows - wr0, sched.self_cols - wc0, gathered,
+                  np.searchsorted(sched.used_rows, sched.self_rows),
+                  np.searchsorted(sched.used_cols, sched.self_cols), True)
+        segments, shapes = {}, {}
+        for j, hp in sched.halo.items():
+            if hp.send_rows.size and hp.send_cols.size:
+                seg = np.empty((c_blk, b, hp.send_rows.size, hp.send_cols.size), in_dt)
+                _copy(seg, _ALL, _ALL, gathered, np.searchsorted(sched.used_rows, hp.send_rows),
+                      np.searchsorted(sched.used_cols, hp.send_cols), False)
+                segments[j] = seg
+            if hp.recv_rows.size and hp.recv_cols.size:
+                shapes[j] = (c_blk, b, hp.recv_rows.size, hp.recv_cols.size)
+        del gathered
+        got = alltoallv(gc.fibers["input_halo"], ops[halo], segments, shapes, in_dt,
+                        stats.counters)
+        del segments
+        for j in list(got):
+            hp = sched.halo[j]
+            _copy(window, hp.recv_rows - wr0, hp.recv_cols - wc0, got.pop(j), _ALL, _ALL, True)
+        del got
+    return window
+
+
+def gather_filter(gc: GridComm, sched: Schedule, w_local: np.ndarray,
+                  stats: RankStats) -> np.ndarray:
+    """Step 3: the ``(k_blk, c_blk, R, S)`` filter block, allgathered along the b·h·w
+    fiber (the owned block itself when the fiber has one member)."""
+    spec, z, ops = sched.spec, sched.sizes, sched.ops
+    with _phase(stats, sched.rank, "filter_allgather"):
+        if len(ops["filter_allgather"].members) == 1:   # the owned block is the whole
+            stats.counters.add("filter_allgather", 0, 0)
+            return np.ascontiguousarray(w_local)
+        filt = np.empty((z["k_blk"], z["c_blk"], spec.R, spec.S),
+                        dtypes.numpy_dtype(spec.precision.filter))
+        allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
+                  np.ascontiguousarray(w_local), filt, stats.counters)
+    return filt
+
+
 def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndarray,
             kernel: Callable | None = None, local_compute: Callable | None = None,
             keep: dict | None = None) -> tuple[np.ndarray, RankStats]:
@@ -123,64 +195,16 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     """
     spec, rank, z = sched.spec, sched.rank, sched.sizes
     prec = spec.precision
-    in_dt, acc_dt = dtypes.numpy_dtype(prec.input), dtypes.numpy_dtype(prec.accum)
+    acc_dt = dtypes.numpy_dtype(prec.accum)
     stats = RankStats()
     ops = sched.ops
-    b, c_blk, k_blk = z["b"], z["c_blk"], z["k_blk"]
+    b, k_blk = z["b"], z["k_blk"]
     out_hw = (z["out_h"], z["out_w"])
 
     # Every buffer below is in partition.rank_memory_bytes' live sets (same names); each is
     # freed as soon as the next phase no longer needs it.
-    # 1. input allgather along the k-fiber: own used plane, channel-major (c, b, rows, cols)
-    with _phase(stats, rank, "input_allgather"):
-        r_lo, c_lo = sched.own_origin
-        nr, nc = len(sched.used_rows), len(sched.used_cols)
-        send = np.empty((z["c_own"], b, nr, nc), in_dt)
-        _copy(send, _ALL, _ALL, x_local, sched.used_rows - r_lo, sched.used_cols - c_lo, True)
-        if len(ops["input_allgather"].members) == 1:   # nothing to gather: no copy
-            gathered = send
-            stats.counters.add("input_allgather", 0, 0)
-        else:
-            gathered = np.empty((c_blk, b, nr, nc), in_dt)
-            allgather(gc.fibers["input_allgather"], ops["input_allgather"], send, gathered,
-                      stats.counters)
-        del send
-
-    # 2. halo exchange; the window is built directly in the kernel's (b, c, rows, cols)
-    with _phase(stats, rank, "input_halo"):
-        (wr0, wr1), (wc0, wc1) = sched.window
-        window = np.zeros((b, c_blk, wr1 - wr0, wc1 - wc0), in_dt)
-        if sched.self_rows.size and sched.self_cols.size:
-            _copy(window, sched.self_rows - wr0, sched.self_cols - wc0, gathered,
-                  np.searchsorted(sched.used_rows, sched.self_rows),
-                  np.searchsorted(sched.used_cols, sched.self_cols), True)
-        segments, shapes = {}, {}
-        for j, hp in sched.halo.items():
-            if hp.send_rows.size and hp.send_cols.size:
-                seg = np.empty((c_blk, b, hp.send_rows.size, hp.send_cols.size), in_dt)
-                _copy(seg, _ALL, _ALL, gathered, np.searchsorted(sched.used_rows, hp.send_rows),
-                      np.searchsorted(sched.used_cols, hp.send_cols), False)
-                segments[j] = seg
-            if hp.recv_rows.size and hp.recv_cols.size:
-                shapes[j] = (c_blk, b, hp.recv_rows.size, hp.recv_cols.size)
-        del gathered
-        got = alltoallv(gc.fibers["input_halo"], ops["input_halo"], segments, shapes, in_dt,
-                        stats.counters)
-        del segments
-        for j in list(got):
-            hp = sched.halo[j]
-            _copy(window, hp.recv_rows - wr0, hp.recv_cols - wc0, got.pop(j), _ALL, _ALL, True)
-        del got
-
-    # 3. filter allgather along the b·h·w fiber
-    with _phase(stats, rank, "filter_allgather"):
-        if len(ops["filter_allgather"].members) == 1:   # the owned block is the whole
-            filt = np.ascontiguousarray(w_local)
-            stats.counters.add("filter_allgather", 0, 0)
-        else:
-            filt = np.empty((k_blk, c_blk, spec.R, spec.S), dtypes.numpy_dtype(prec.filter))
-            allgather(gc.fibers["filter_allgather"], ops["filter_allgather"],
-                      np.ascontiguousarray(w_local), filt, stats.counters)
+    window = gather_input_window(gc, sched, x_local, stats)
+    filt = gather_filter(gc, sched, w_local, stats)
 
     # 4. local convolution in accumulator precision, straight into the k-major (k, b, h, w)
     #    layout whose k-blocks the reduce-scatter sends (no send copy)
