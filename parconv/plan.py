@@ -742,7 +742,7 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     nothing kept) bounds the sum over the passes of each pass's busiest rank, compared
     here with that sum for the three passes each run alone on the grid
     (``separate_sum_bytes``)."""
-    from .bounds import parallel_memory_independent_bound, step_bounds
+    from .bounds import parallel_memory_independent_bound, step_memory_independent_bounds
 
     procs = grid.size
     if pass_ != "step":
@@ -752,9 +752,8 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     if procs == 1:
         return None, {"bytes": 0.0, "binding": "one processor moves nothing", "vacuous": True,
                       "class": "keep"}
-    sb = step_bounds(spec, procs)
-    keep, sep = sb["keep"]["parallel_memory_independent"], sb["separate"][
-        "parallel_memory_independent"]
+    sb = step_memory_independent_bounds(spec, procs)
+    keep, sep = sb["keep"], sb["separate"]
     parts = {j: max_rank_traffic_bytes(spec, grid, j) for j in ("forward", "dgrad", "wgrad")}
     total = sum(parts.values())
     info = {"bytes": float(keep.bytes), "binding": keep.binding, "vacuous": bool(keep.vacuous),

@@ -281,3 +281,15 @@ def test_cli_simulate_pass(capsys):
                  "1x2x1x3x1", "--pass", "wgrad", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "grad_filter_reduce_scatter" in out and "pass    wgrad" in out
+
+
+def test_step_memory_independent_bounds_equal_step_bounds():
+    from parconv.bounds import step_bounds, step_memory_independent_bounds
+
+    for name in ("resnet50/conv1", "resnet50/layer2.0.conv2", "resnet50/layer4.2.conv3"):
+        spec = layer(name, 32, TRAIN[1])
+        for procs in (8, 512):
+            full = step_bounds(spec, procs)
+            fast = step_memory_independent_bounds(spec, procs)
+            for cls in ("keep", "separate"):
+                assert fast[cls].bits == full[cls]["parallel_memory_independent"].bits
