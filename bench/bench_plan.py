@@ -28,7 +28,13 @@ from pathlib import Path
 from parconv.dtypes import PRESETS
 from parconv.layers import layer, suite
 from parconv.partition import rank_volume
-from parconv.plan import axis_table, max_rank_recv_bytes, max_rank_traffic_bytes, plan
+from parconv.plan import (
+    _spatial_representatives,
+    axis_table,
+    max_rank_recv_bytes,
+    max_rank_traffic_bytes,
+    plan,
+)
 from parconv.strategies import FAMILIES, all_strategies
 
 PROCS = (8, 64, 512, 4096)
@@ -110,6 +116,7 @@ def measure_ratios(preset: str, procs: int) -> dict:
 
 def _cold() -> None:
     axis_table.cache_clear()
+    _spatial_representatives.cache_clear()
 
 
 def measure_timings() -> dict:

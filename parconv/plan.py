@@ -214,12 +214,16 @@ def _class_representatives(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, ...]
     ib = _interval_ends(grid.b, [spec.B % grid.b])
     ik = _interval_ends(grid.k, [spec.K % grid.k] + [v % grid.k for v in cvals])
     ic = _interval_ends(grid.c, [spec.C % grid.c] + [u % grid.c for u in kvals])
-    spatial = []
-    for axis, p in ((spec.axes[0], grid.h), (spec.axes[1], grid.w)):
-        t = axis_table(axis, p)
-        spatial.append(_class_members(
-            np.stack([t.out, t.own, t.used, t.need, t.self_need, t.sent, t.win], axis=1)))
-    return ib, ik, ic, *spatial
+    return (ib, ik, ic, _spatial_representatives(spec.axes[0], grid.h),
+            _spatial_representatives(spec.axes[1], grid.w))
+
+
+@lru_cache(maxsize=4096)
+def _spatial_representatives(axis: Axis, p: int) -> np.ndarray:
+    """First and last block of each spatial class of ``axis`` split ``p`` ways (cached)."""
+    t = axis_table(axis, p)
+    return _class_members(np.stack([t.out, t.own, t.used, t.need, t.self_need, t.sent,
+                                    t.win], axis=1))
 
 
 # ----------------------------------------------------------------------------- volumes
@@ -250,19 +254,25 @@ def _fields(spec: ConvSpec, grid: Grid, idx: tuple[np.ndarray, ...]) -> dict[str
 
 def _volumes(spec: ConvSpec, grid: Grid, idx, send: bool = True) -> dict[str, tuple]:
     """Per-operation (recv, send) byte arrays at the index arrays ``idx`` (send may be None)."""
-    F = _fields(spec, grid, idx)
+    return _field_volumes(spec, _fields(spec, grid, idx), grid.k, grid.c, send)
+
+
+def _field_volumes(spec: ConvSpec, F: dict, pk, pc, send: bool = True) -> dict[str, tuple]:
+    """:func:`_volumes` from the per-rank quantities ``F`` of :func:`_fields` (or
+    :func:`_first_rank_fields`) and the grid's ``P_k``, ``P_c`` (ints or arrays)."""
+    grid_k, grid_c = pk, pc
     p = spec.precision
     pi, pf, po = p.p_input // 8, p.p_filter // 8, p.p_accum // 8
     b, cblk, kblk, rs = F["b"], F["cblk"], F["kblk"], spec.R * spec.S
     bhw = b * F["hs"]
     vol = {
         "input_allgather": (pi * b * (cblk - F["cown"]) * F["used"],
-                            pi * (grid.k - 1) * b * F["cown"] * F["used"] if send else None),
+                            pi * (grid_k - 1) * b * F["cown"] * F["used"] if send else None),
         "input_halo": (pi * b * cblk * (F["need"] - F["self"]),
                        pi * b * cblk * (F["sent"] - F["self"]) if send else None),
         "filter_allgather": (pf * (kblk - F["kf"]) * cblk * rs,
                              pf * (F["q"] - 1) * F["kf"] * cblk * rs if send else None),
-        "output_reduce_scatter": (po * (grid.c - 1) * F["ko"] * bhw,
+        "output_reduce_scatter": (po * (grid_c - 1) * F["ko"] * bhw,
                                   po * (kblk - F["ko"]) * bhw if send else None),
     }
     return vol
@@ -366,6 +376,41 @@ def _totals(spec: ConvSpec, dims: np.ndarray, pass_: str = "forward",
     fwd = _op_totals(spec, dims)
     vol = pass_volume({op: (t, t) for op, t in fwd.items()}, spec.precision, pass_, keep_window)
     return sum(r for r, _ in vol.values())
+
+
+def _first_rank_fields(spec: ConvSpec, dims: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`_fields` of rank 0 (every coordinate 0) of each grid (rows of ``dims``),
+    vectorised over the grids."""
+    b, k, c, h, w = (dims[:, i].astype(np.int64) for i in range(5))
+    zero = np.zeros(len(dims), dtype=np.int64)
+
+    def first(axis: Axis, ps: np.ndarray) -> dict[str, np.ndarray]:
+        uniq, inv = np.unique(ps, return_inverse=True)
+        tabs = [axis_table(axis, int(u)) for u in uniq]
+        return {key: np.array([int(getattr(t, key)[0]) for t in tabs],
+                              dtype=np.int64)[inv.ravel()]
+                for key in ("out", "own", "used", "need", "self_need", "sent", "win")}
+
+    th, tw = first(spec.axes[0], h), first(spec.axes[1], w)
+    q = b * h * w
+    kblk, cblk = _split(spec.K, k, zero), _split(spec.C, c, zero)
+    return {
+        "b": _split(spec.B, b, zero), "kblk": kblk, "cblk": cblk,
+        "cown": _split(cblk, k, zero), "ko": _split(kblk, c, zero), "kf": _split(kblk, q, zero),
+        "hs": th["out"] * tw["out"], "own": th["own"] * tw["own"],
+        "used": th["used"] * tw["used"], "need": th["need"] * tw["need"],
+        "self": th["self_need"] * tw["self_need"], "sent": th["sent"] * tw["sent"],
+        "win": th["win"] * tw["win"], "q": q,
+    }
+
+
+def _first_rank_traffic(spec: ConvSpec, dims: np.ndarray, pass_: str = "forward",
+                        keep_window: bool = True) -> np.ndarray:
+    """Exact received + sent bytes of ``pass_`` of rank 0 of each grid (rows of ``dims``):
+    a lower bound of each grid's busiest rank, in closed form over all grids at once."""
+    vol = _field_volumes(spec, _first_rank_fields(spec, dims), dims[:, 1], dims[:, 2])
+    vol = pass_volume(vol, spec.precision, pass_, keep_window)
+    return sum(r + s for r, s in vol.values())
 
 
 def _check_pass(spec: ConvSpec, pass_: str) -> str:
@@ -490,11 +535,16 @@ def _objective(spec: ConvSpec, grid: Grid, pass_: str, keep_window: bool) -> int
     return max_rank_traffic_bytes(spec, grid, pass_, keep_window)
 
 
-def _objective_floor(totals: np.ndarray, procs: int) -> np.ndarray:
-    """A lower bound of :func:`_objective` from the closed-form total received bytes:
-    every byte received is sent by another rank, so the ranks' received + sent bytes add
-    up to ``2·total`` and the busiest rank's are at least the average ``2·total/P``."""
-    return 2 * totals / procs
+def _objective_floor(spec: ConvSpec, dims: np.ndarray, totals: np.ndarray, procs: int,
+                     pass_: str, keep_window: bool) -> np.ndarray:
+    """A lower bound of :func:`_objective` for each grid (rows of ``dims``), in closed
+    form: the larger of the average and rank 0's. Every byte received is sent by another
+    rank, so the ranks' received + sent bytes add up to ``2·total`` and the busiest
+    rank's are at least the average ``2·total/P``; and at least any one rank's, here
+    rank 0's (every coordinate 0: the largest blocks and filter part, often the busiest;
+    :func:`_first_rank_traffic`)."""
+    return np.maximum(2 * totals / procs,
+                      _first_rank_traffic(spec, dims, pass_, keep_window).astype(np.float64))
 
 
 def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
@@ -504,9 +554,10 @@ def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
     received bytes, split dims, spatial splits) among :func:`candidate_grids` whose
     max-rank memory of ``pass_`` fits ``memory_bytes``; None if none does.
 
-    Exact: grids are visited in increasing order of their average received + sent bytes
-    (:func:`_objective_floor`, closed form), and the search stops once that average —
-    a lower bound of the busiest rank's — exceeds the best objective found.
+    Exact: grids are visited in increasing order of a closed-form lower bound of their
+    busiest rank's received + sent bytes (:func:`_objective_floor`: the larger of the
+    average and rank 0's), and the search stops once that floor exceeds the best
+    objective found.
 
     Raises
     ------
@@ -520,7 +571,7 @@ def best_grid(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
     if len(dims) == 0:
         return None
     totals = _totals(spec, dims, pass_, keep_window)
-    floors = _objective_floor(totals, procs)
+    floors = _objective_floor(spec, dims, totals, procs, pass_, keep_window)
     best: tuple | None = None
     evaluated = 0
     for i in np.argsort(floors, kind="stable"):

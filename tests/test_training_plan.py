@@ -27,8 +27,11 @@ from parconv.partition import Grid, rank_memory_bytes
 from parconv.passes import training_precision
 from parconv.plan import (
     _all_indices,
+    _first_rank_traffic,
     _memory_bits,
+    _objective_floor,
     _pass_volumes,
+    _totals,
     candidate_grids,
     max_rank_memory_bytes,
     max_rank_recv_bytes,
@@ -110,6 +113,26 @@ def test_class_representatives_exact_on_many_random_cases():
             assert max_rank_recv_bytes(spec, grid, pass_, keep) == int(recv.max())
             assert max_rank_memory_bytes(spec, grid, pass_, keep) == int(mem.max())
     assert uneven > 15
+
+
+def test_search_floor_is_rank_zero_and_a_lower_bound():
+    """The closed-form floor of the search: rank 0's exact traffic (== the per-rank
+    arrays) and never above the busiest rank's, for every pass and many grids."""
+    rng = np.random.default_rng(5)
+    for _ in range(25):
+        spec, grid = _random_case(rng)
+        dims = np.array([g.dims for g in candidate_grids(spec, grid.size)], dtype=np.int64)
+        for pass_, keep in PASS_KEEP:
+            tot = _totals(spec, dims, pass_, keep)
+            floor = _objective_floor(spec, dims, tot, grid.size, pass_, keep)
+            first = _first_rank_traffic(spec, dims, pass_, keep)
+            for i, d in enumerate(dims[:6]):
+                g = Grid(*(int(v) for v in d))
+                v = plan_for_grid(spec, g, pass_=pass_, keep_window=keep).rank_volumes() \
+                    if i == 0 else None
+                if v is not None:
+                    assert int(first[i]) == int(v["recv_bytes"][0] + v["send_bytes"][0])
+                assert floor[i] <= max_rank_traffic_bytes(spec, g, pass_, keep)
 
 
 def test_backward_recv_needs_the_first_rank_of_a_class():
