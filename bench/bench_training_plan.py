@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     res["verdict"] = verdict(res)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "training_plan.json").write_text(json.dumps(res, indent=1) + "\n")
+    (out / "training_plan.json").write_text(json.dumps(res, separators=(",", ":")) + "\n")
     write_markdown(res, out / "training_plan.md")
     print("\n".join(res["verdict"]))
     return 0
