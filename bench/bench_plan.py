@@ -28,7 +28,13 @@ from pathlib import Path
 from parconv.dtypes import PRESETS
 from parconv.layers import layer, suite
 from parconv.partition import rank_volume
-from parconv.plan import axis_table, max_rank_recv_bytes, max_rank_traffic_bytes, plan
+from parconv.plan import (
+    _spatial_representatives,
+    axis_table,
+    max_rank_recv_bytes,
+    max_rank_traffic_bytes,
+    plan,
+)
 from parconv.strategies import FAMILIES, all_strategies
 
 PROCS = (8, 64, 512, 4096)
@@ -51,8 +57,8 @@ def measure_ratios(preset: str, procs: int) -> dict:
         strat = all_strategies(spec, procs)
         feas = {k: v.max_rank_recv_bytes for k, v in strat.items() if v is not None}
         feas_t = {k: v.max_rank_traffic_bytes for k, v in strat.items() if v is not None}
-        best_name = min(feas, key=feas.get) if feas else None
-        grid_feas = [v for k, v in feas.items() if k != "im2col_matmul"]
+        best_name = min(feas_t, key=feas_t.get) if feas_t else None   # the objective
+        grid_feas = [v for k, v in feas_t.items() if k != "im2col_matmul"]
         rows.append({
             "layer": spec.name, "grid": str(pl.grid), "max_rank_recv_bytes": pl.max_rank_recv_bytes,
             "max_rank_traffic_bytes": pl.max_rank_traffic_bytes,
@@ -63,11 +69,14 @@ def measure_ratios(preset: str, procs: int) -> dict:
             "strategies_traffic": {k: (None if v is None else v.max_rank_traffic_bytes)
                                    for k, v in strat.items()},
             "best_fixed": best_name,
-            "best_fixed_over_planned": (feas[best_name] / pl.max_rank_recv_bytes) if feas else None,
-            "best_fixed_traffic_over_planned":
-                (min(feas_t.values()) / pl.max_rank_traffic_bytes) if feas_t else None,
+            # the planner's objective: busiest rank's received + sent bytes
+            "best_fixed_over_planned":
+                (feas_t[best_name] / pl.max_rank_traffic_bytes) if feas_t else None,
+            # received-only comparison (the objective before the switch), labelled
+            "best_fixed_recv_over_planned":
+                (min(feas.values()) / pl.max_rank_recv_bytes) if feas else None,
             "best_grid_strategy_over_planned":
-                (min(grid_feas) / pl.max_rank_recv_bytes) if grid_feas else None,
+                (min(grid_feas) / pl.max_rank_traffic_bytes) if grid_feas else None,
             "is_1x1": spec.kernel == (1, 1),
         })
     rb = [r["ratio_to_bound"] for r in rows if r["ratio_to_bound"] is not None]
@@ -80,8 +89,8 @@ def measure_ratios(preset: str, procs: int) -> dict:
     rr = [r["recv_ratio_grid_family"] for r in rows if r["recv_ratio_grid_family"] is not None]
     rr_k = [r["recv_ratio_grid_family"] for r in rows
             if r["recv_ratio_grid_family"] is not None and not r["is_1x1"]]
-    rt = [r["best_fixed_traffic_over_planned"] for r in rows
-          if r["best_fixed_traffic_over_planned"] is not None]
+    rt = [r["best_fixed_recv_over_planned"] for r in rows
+          if r["best_fixed_recv_over_planned"] is not None]
     wins = {}
     for r in rows:
         if r["best_fixed"]:
@@ -95,7 +104,7 @@ def measure_ratios(preset: str, procs: int) -> dict:
         "geomean_recv_ratio_grid_family_non1x1": geomean(rr_k),
         "max_recv_ratio_grid_family": max(rr) if rr else None,
         "min_recv_ratio_grid_family": min(rr) if rr else None,
-        "geomean_best_fixed_traffic_over_planned": geomean(rt),
+        "geomean_best_fixed_recv_over_planned": geomean(rt),
         "geomean_best_fixed_over_planned": geomean(rf),
         "min_best_fixed_over_planned": min(rf) if rf else None,
         "geomean_best_fixed_over_planned_non1x1": geomean(rf_k),
@@ -107,6 +116,7 @@ def measure_ratios(preset: str, procs: int) -> dict:
 
 def _cold() -> None:
     axis_table.cache_clear()
+    _spatial_representatives.cache_clear()
 
 
 def measure_timings() -> dict:
@@ -162,7 +172,8 @@ def write_markdown(res: dict, path: Path) -> None:
         f"Reproduce: `{res['command']}` (machine: {res['machine']}).",
         "",
         f"ResNet-50, batch {BATCH}, all {res['ratios'][0]['layers']} convolutions. Planned = the "
-        "planner's grid (it minimises the busiest rank's received bytes; exact). Bound = "
+        "planner's grid (it minimises the busiest rank's received + sent bytes, the quantity the "
+        "bound bounds; exact). Bound = "
         "memory-independent parallel lower bound (`parconv.bounds`). **recv+send/bound** = the "
         "busiest rank's received + sent bytes ÷ bound: the quantity the bound bounds for every "
         "execution (docs/theory.md §5), so never below 1. **recv/bound** = the busiest rank's "
@@ -171,12 +182,13 @@ def write_markdown(res: dict, path: Path) -> None:
         "receives every input/filter element it uses and, on even splits, as much as it sends "
         "in the reduce-scatter). Every received byte is sent by some rank, so for balanced "
         "algorithms recv+send is about twice recv. Best fixed = the best of the fixed "
-        f"strategies ({', '.join(FAMILIES)}) with the same accounting (received bytes vs "
-        "received bytes; the recv+send column compares recv+send with recv+send).",
+        f"strategies ({', '.join(FAMILIES)}) with the same accounting (recv+send vs recv+send; "
+        "the \"(received only)\" column compares the best received-only figure of the "
+        "strategies with the plan's).",
         "",
         "| preset | P | layers with bound | geomean recv+send/bound | max | min "
         "| geomean recv/bound (grid family) | (non-1×1) | max "
-        "| geomean best-fixed/planned | (non-1×1) | min | (recv+send) "
+        "| geomean best-fixed/planned | (non-1×1) | min | (received only) "
         "| geomean best-grid-strategy/planned | best fixed strategy (layers) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -189,7 +201,7 @@ def write_markdown(res: dict, path: Path) -> None:
                      f"{_f(r['max_recv_ratio_grid_family'])} | {_f(r['geomean_best_fixed_over_planned'])} | "
                      f"{_f(r['geomean_best_fixed_over_planned_non1x1'])} | "
                      f"{_f(r['min_best_fixed_over_planned'])} | "
-                     f"{_f(r['geomean_best_fixed_traffic_over_planned'])} | "
+                     f"{_f(r['geomean_best_fixed_recv_over_planned'])} | "
                      f"{_f(r['geomean_best_grid_strategy_over_planned'])} | {wins} |")
     fb = tm["fast_vs_bruteforce"]
     lines += [

@@ -710,16 +710,8 @@ def step_bounds(spec: ConvSpec, procs: int = 1, memory_bytes: float = 256 * 1024
         keep["parallel_memory_dependent"] = Bound(
             bits, label, bits <= 0, {"class": "keep", "candidates_bits": cand,
                                      "network_only": all(nets), "memory_bits": m})
-        owned = step_owned_bits(spec, p)
-        need, uname = _union_min_footprint(factors, g3 / p)
-        cand = {f"{j} (per pass)": per[j]["parallel_memory_independent"].bits for j in per}
-        cand["union"] = need * (1.0 - ROUNDING) - owned
-        key, bits = max(cand.items(), key=lambda kv: kv[1])
-        if key == "union":
-            key = f"union ({uname})"
-        keep["parallel_memory_independent"] = Bound(
-            bits, key, bits <= 0, {"class": "keep", "candidates_bits": cand,
-                                   "union_footprint_bits": need, "step_owned_bits": owned})
+        keep["parallel_memory_independent"] = _step_independent_keep(
+            spec, p, {j: per[j]["parallel_memory_independent"] for j in per}, factors, g3)
     # a separate algorithm is also a "keep" algorithm, and the keep bounds bound a quantity
     # (sequential: the same total; parallel: the busiest processor's step total) that is at
     # most the separate quantity: so the separate bound is the larger of the two
@@ -728,6 +720,49 @@ def step_bounds(spec: ConvSpec, procs: int = 1, memory_bytes: float = 256 * 1024
             d = dict(separate[key].details, keep_bits=kb.bits)
             separate[key] = Bound(kb.bits, f"step (keep): {kb.binding}", kb.bits <= 0, d)
     return {"separate": separate, "keep": keep}
+
+
+def _step_independent_keep(spec: ConvSpec, p: int, per: dict[str, Bound], factors,
+                           g3: float) -> Bound:
+    """The ``keep`` memory-independent step bound (:func:`step_bounds`): the max of the
+    per-pass bounds and the union bound for the processor doing >= 3·G_real/P."""
+    owned = step_owned_bits(spec, p)
+    need, uname = _union_min_footprint(factors, g3 / p)
+    cand = {f"{j} (per pass)": per[j].bits for j in per}
+    cand["union"] = need * (1.0 - ROUNDING) - owned
+    key, bits = max(cand.items(), key=lambda kv: kv[1])
+    if key == "union":
+        key = f"union ({uname})"
+    return Bound(bits, key, bits <= 0, {"class": "keep", "candidates_bits": cand,
+                                        "union_footprint_bits": need, "step_owned_bits": owned})
+
+
+def step_memory_independent_bounds(spec: ConvSpec, procs: int) -> dict[str, Bound]:
+    """Only the parallel memory-independent bounds of :func:`step_bounds` (the same
+    values, without the sequential and memory-dependent ones): ``{"keep": Bound,
+    "separate": Bound}``; the planner's step bound.
+
+    Raises
+    ------
+    ValueError
+        If ``procs`` < 2 or for integer precisions.
+    """
+    p = _check_procs(procs)
+    if p < 2:
+        raise ValueError("the parallel step bounds need at least 2 processors")
+    per = {j: parallel_memory_independent_bound(spec, p, pass_=j)
+           for j in ("forward", "dgrad", "wgrad")}
+    cs = _step_counts(spec)
+    keep = _step_independent_keep(spec, p, per, _union_factors(cs),
+                                  3.0 * cs["forward"].g_real)
+    parts = {j: b.bits for j, b in per.items()}
+    bits = sum(max(b, 0.0) for b in parts.values())
+    details = {"per_pass_bits": parts, "class": "separate"}
+    sep = Bound(bits, "sum of per-pass bounds", bits <= 0, details)
+    if keep.bits > bits:     # as in step_bounds: a separate algorithm is a keep algorithm
+        sep = Bound(keep.bits, f"step (keep): {keep.binding}", keep.bits <= 0,
+                    dict(details, keep_bits=keep.bits))
+    return {"keep": keep, "separate": sep}
 
 
 def step_owned_bits(spec: ConvSpec, procs: int) -> float:

@@ -313,49 +313,142 @@ MEMORY_BUFFERS = ("owned_input", "owned_filter", "allgather_send", "gathered", "
                   "halo_send", "halo_recv", "filter", "kernel", "partial", "recv",
                   "mpi_reduce_scatter", "result", "output")
 
+#: Buffers of the backward passes (:func:`memory_phases` with ``pass_`` dgrad, wgrad or
+#: step; element counts; ``*_kernel`` in bytes), as :mod:`parconv.runtime.backward`
+#: allocates them:
+#:
+#: * ``grad_output``: the caller's owned dOut block (output dtype);
+#: * ``go_send``, ``go_gathered``, ``go``: the dOut allgather's channel-major send copy,
+#:   its gathered ``(k_blk, b, h, w)`` buffer and the ``(b, k_blk, h, w)`` copy the kernels
+#:   read (all zero when ``P_c = 1``: the owned block is used in place);
+#: * ``dwindow``: the accumulator-precision input-gradient window;
+#: * ``dhalo_send`` / ``dhalo_recv``: the halo segments sent back / received (the
+#:   forward halo's receive / send counts);
+#: * ``dplane``: the k-fiber reduce-scatter's send plane ``(c_blk, b, used)``; ``drs_recv``
+#:   and ``mpi_drs`` its received block and MPI's temporary (zero when ``P_k = 1``);
+#:   ``dresult``: the reduced block ``(c_own, b, used)`` before the cast;
+#: * ``grad_input``: the delivered input-gradient block (input dtype, owned input shape);
+#: * ``dfilter``: the ``(k_blk, c_blk, R, S)`` accumulator filter gradient; ``dfrs_recv``
+#:   and ``mpi_dfrs``: the b·h·w reduce-scatter's received block and MPI's temporary
+#:   (``ceil(k_blk/q)`` rows, as the owned filter; zero when ``q = 1``);
+#: * ``dgrad_kernel``, ``wgrad_kernel``: the local kernels' workspaces in bytes
+#:   (:func:`parconv.kernels.backward.dgrad_workspace_bytes`, ``wgrad_workspace_bytes``).
+BACKWARD_BUFFERS = ("grad_output", "go_send", "go_gathered", "go", "dwindow", "dhalo_send",
+                    "dhalo_recv", "dplane", "drs_recv", "mpi_drs", "dresult", "grad_input",
+                    "dfilter", "dfrs_recv", "mpi_dfrs", "dgrad_kernel", "wgrad_kernel")
 
-def memory_phases(p, n: dict) -> dict:
-    """Bits alive in each phase of :func:`parconv.runtime.execute.execute`, from the
-    buffer sizes ``n`` (elements, keys :data:`MEMORY_BUFFERS`; ``kernel`` in bytes; numpy
-    arrays or ints) and the precision ``p``.
 
-    The phases are those of the overlapped order (the runtime's default); every live set
-    of the sequential order is contained in one of them, so the peak bounds both. The
-    owned input and filter blocks are the caller's and live throughout; the gathered
-    filter (``filter``) is allocated first, its allgather in flight while the input is
-    gathered and the halo packed; the halo's send and receive buffers (``halo_send``,
-    ``halo_recv``, one each) stay alive while the interior of the output is computed;
-    the reduce-scatter's result (``recv``) and the MPI library's temporary
-    (``mpi_reduce_scatter``) are alive while later tiles are computed. Each buffer is
-    freed when no later phase needs it. A collective over one rank moves nothing and
-    allocates nothing: ``allgather_send`` and ``gathered`` (``P_k = 1``: the owned block
-    is read in place), ``filter`` (``P_b·P_h·P_w = 1``: the owned block is used in
-    place), ``recv`` and ``mpi_reduce_scatter`` (``P_c = 1``) are then zero. ``result``
-    is the accumulator-precision result block during the cast. ``mpi_reduce_scatter`` is
-    MPICH's temporary (its reduce-scatter receives into a buffer of the result block's
-    size; measured, ``bench/results/memory.md``).
+def memory_phases(p, n: dict, pass_: str = "forward", keep_window: bool = True) -> dict:
+    """Bits alive in each phase of one pass, from the buffer sizes ``n`` (elements, keys
+    :data:`MEMORY_BUFFERS` and, for the backward passes, :data:`BACKWARD_BUFFERS`;
+    ``*kernel`` in bytes; numpy arrays or ints) and the precision ``p``.
+
+    **forward** (:func:`parconv.runtime.execute.execute`): the phases of the overlapped
+    order (the runtime's default); every live set of the sequential order is contained in
+    one of them, so the peak bounds both. The owned input and filter blocks are the
+    caller's and live throughout; the gathered filter (``filter``) is allocated first, its
+    allgather in flight while the input is gathered and the halo packed; the halo's send
+    and receive buffers (``halo_send``, ``halo_recv``, one each: packed straight into the
+    MPI buffer) stay alive while the interior of the output is computed; the
+    reduce-scatter's result (``recv``) and the MPI library's temporary
+    (``mpi_reduce_scatter``) are alive while later tiles are computed. A collective over
+    one rank moves nothing and allocates nothing: ``allgather_send`` and ``gathered``
+    (``P_k = 1``: the owned block is read in place), ``filter`` (``P_b·P_h·P_w = 1``: the
+    owned block is used in place), ``recv`` and ``mpi_reduce_scatter`` (``P_c = 1``) are
+    then zero. ``result`` is the accumulator-precision result block during the cast.
+    ``mpi_reduce_scatter`` is MPICH's temporary (its reduce-scatter receives into a buffer
+    of the result block's size; measured, ``bench/results/memory.md``).
+
+    **step** (:class:`parconv.runtime.DistributedConv2d` forward then backward): the
+    forward's phases, the gathered filter and (``keep_window``) the input window kept
+    after the local convolution; then, with the output block and the caller's dOut block
+    alive, the backward phases of :mod:`parconv.runtime.backward` (dOut allgather and its
+    transposition, dgrad, the halo sent back, the k-fiber reduce-scatter, the cast,
+    wgrad, the b·h·w reduce-scatter), each on top of what is kept: the gathered dOut
+    until the end, the delivered input gradient from its cast on. Without
+    ``keep_window`` the window is gathered again before wgrad (``recompute_*`` phases,
+    the forward's live sets on top of the backward's).
+
+    **dgrad** alone: the owned filter and dOut blocks, the filter allgather, then the
+    backward phases up to the cast. **wgrad** alone: the owned input and dOut blocks, the
+    forward's input allgather and halo phases, then the dOut allgather, wgrad and the
+    b·h·w reduce-scatter with the window kept.
     """
     pi, pf, pa, po = p.p_input, p.p_filter, p.p_accum, p.p_output
-    base = pi * n["owned_input"] + pf * n["owned_filter"]
+
     halo = n["halo_send"] + n["halo_recv"]
-    return {
-        "input_allgather": base + pi * (n["allgather_send"] + n["gathered"])
-        + pf * n["filter"],
-        "halo_pack": base + pi * (n["gathered"] + n["window"] + halo) + pf * n["filter"],
-        "compute": base + pi * (n["window"] + halo) + pf * n["filter"] + 8 * n["kernel"]
-        + pa * (n["partial"] + n["recv"] + n["mpi_reduce_scatter"]),
-        "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]
-                                              + n["mpi_reduce_scatter"]),
-        "cast": base + pa * n["result"] + po * n["output"],
-    }
+
+    def gather_input(base):   # steps 1-2 alone (the window of wgrad alone, recompute)
+        return {
+            "input_allgather": base + pi * (n["allgather_send"] + n["gathered"]),
+            "halo_pack": base + pi * (n["gathered"] + n["window"] + halo),
+        }
+
+    if pass_ == "forward":
+        base = pi * n["owned_input"] + pf * n["owned_filter"]
+        return {
+            "input_allgather": base + pi * (n["allgather_send"] + n["gathered"])
+            + pf * n["filter"],
+            "halo_pack": base + pi * (n["gathered"] + n["window"] + halo) + pf * n["filter"],
+            "compute": base + pi * (n["window"] + halo) + pf * n["filter"] + 8 * n["kernel"]
+            + pa * (n["partial"] + n["recv"] + n["mpi_reduce_scatter"]),
+            "output_reduce_scatter": base + pa * (n["partial"] + n["recv"]
+                                                  + n["mpi_reduce_scatter"]),
+            "cast": base + pa * n["result"] + po * n["output"],
+        }
+
+    def grad_output(base):
+        return {"grad_output_allgather": base + po * (n["go_send"] + n["go_gathered"]),
+                "grad_output_transpose": base + po * (n["go_gathered"] + n["go"])}
+
+    def dgrad(base):   # base includes the gathered dOut and the filter
+        return {
+            "compute_dgrad": base + pa * n["dwindow"] + 8 * n["dgrad_kernel"],
+            "grad_input_halo_pack": base + pa * (n["dwindow"] + n["dhalo_send"] + n["dplane"]),
+            "grad_input_halo_exchange": base + pa * (2 * n["dhalo_send"] + n["dhalo_recv"]
+                                                     + n["dplane"]),
+            "grad_input_reduce_scatter": base + pa * (n["dplane"] + n["drs_recv"]
+                                                      + n["mpi_drs"]),
+            "cast_grad_input": base + pa * n["dresult"] + pi * n["grad_input"],
+        }
+
+    def wgrad(base):   # base includes the gathered dOut and the window
+        return {
+            "compute_wgrad": base + pa * n["dfilter"] + 8 * n["wgrad_kernel"],
+            "grad_filter_reduce_scatter": base + pa * (n["dfilter"] + n["dfrs_recv"]
+                                                       + n["mpi_dfrs"]),
+        }
+
+    win, filt, go = pi * n["window"], pf * n["filter"], po * n["go"]
+    if pass_ == "dgrad":
+        base = pf * n["owned_filter"] + po * n["grad_output"]
+        return {"filter_allgather": base + filt, **grad_output(base + filt),
+                **dgrad(base + filt + go)}
+    if pass_ == "wgrad":
+        base = pi * n["owned_input"] + po * n["grad_output"]
+        return {**gather_input(base), **grad_output(base + win), **wgrad(base + win + go)}
+    if pass_ != "step":
+        raise ValueError(f"unknown pass {pass_!r}: expected forward, dgrad, wgrad or step")
+    fwd = memory_phases(p, n, "forward")
+    kept = (win if keep_window else 0) + filt
+    for ph in ("output_reduce_scatter", "cast"):
+        fwd[ph] = fwd[ph] + kept
+    base = (pi * n["owned_input"] + pf * n["owned_filter"] + po * n["output"]
+            + po * n["grad_output"] + kept)
+    phases = {**fwd, **grad_output(base), **dgrad(base + go)}
+    held = base + go + pi * n["grad_input"]
+    if not keep_window:
+        phases.update({"recompute_" + k: v for k, v in gather_input(held).items()})
+    phases.update(wgrad(held + (0 if keep_window else win)))
+    return phases
 
 
-def peak_memory_bits(p, n: dict):
+def peak_memory_bits(p, n: dict, pass_: str = "forward", keep_window: bool = True):
     """Peak bits of a rank: the maximum over phases of the live set (:func:`memory_phases`)."""
-    return np.maximum.reduce(list(memory_phases(p, n).values()))
+    return np.maximum.reduce(list(memory_phases(p, n, pass_, keep_window).values()))
 
 
-def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w):
+def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w, input_dtype: str | None = None):
     """Whether the local kernel takes its 1x1 stride-1 in-place path (no packing panel):
     1x1 filter, stride 1, every output row and column of the block reading an input
     inside the window (``need == out``), and either integer operands (the SIMD kernel
@@ -366,7 +459,8 @@ def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w):
     from .kernels.window import DIRECT_MIN_COLS
 
     p = spec.precision
-    same = dtypes.numpy_dtype(p.input) == dtypes.numpy_dtype(p.accum) and not p.is_integer
+    read = p.input if input_dtype is None else input_dtype
+    same = dtypes.numpy_dtype(read) == dtypes.numpy_dtype(p.accum) and not p.is_integer
     if not (spec.R == 1 and spec.S == 1 and tuple(spec.stride) == (1, 1)
             and (same or p.is_integer)):
         return np.zeros(np.broadcast(out_h, out_w).shape, dtype=bool)
@@ -386,9 +480,11 @@ def kernel_workspace_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, need_h
     return np.where(np.asarray(need_h) * need_w == 0, 0, ws)
 
 
-def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]:
-    """Element count of every buffer a rank holds (keys :data:`MEMORY_BUFFERS`;
-    ``kernel``: the local kernel's workspace in bytes, one worker).
+def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int,
+                        pass_: str = "forward") -> dict[str, int]:
+    """Element count of every buffer a rank holds (keys :data:`MEMORY_BUFFERS`, and
+    :data:`BACKWARD_BUFFERS` for a pass other than ``forward``; ``kernel``: the local
+    kernel's workspace in bytes, one worker).
 
     The owned filter block is counted at the largest size along its fiber,
     ``ceil(k_blk / (P_b·P_h·P_w))`` rows (at most one row of ``C_blk·R·S`` more than a
@@ -404,7 +500,7 @@ def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]
     h, w = _len(me.out_rows), _len(me.out_cols)
     bhw = b * h * w
     k_o = _len(me.output_out_channels_owned)
-    return {
+    n = {
         "owned_input": math.prod(me.input_owned_shape),
         "owned_filter": -(-k_blk // q) * c_blk * spec.R * spec.S,
         "allgather_send": b * c_own * used if grid.k > 1 else 0,
@@ -421,12 +517,52 @@ def rank_memory_buffers(spec: ConvSpec, grid: Grid, rank: int) -> dict[str, int]
         "result": k_o * bhw,
         "output": k_o * bhw,
     }
+    if pass_ == "forward":
+        return n
+    c, k = grid.c > 1, grid.k > 1
+    plane = b * c_blk * used
+    n.update({
+        "grad_output": k_o * bhw, "go_send": k_o * bhw * c, "go_gathered": k_blk * bhw * c,
+        "go": k_blk * bhw * c, "dwindow": n["window"], "dhalo_send": n["halo_recv"],
+        "dhalo_recv": n["halo_send"], "dplane": plane, "drs_recv": b * c_own * used * k,
+        "mpi_drs": b * c_own * used * k, "dresult": b * c_own * used,
+        "grad_input": n["owned_input"], "dfilter": k_blk * c_blk * spec.R * spec.S,
+        "dfrs_recv": n["owned_filter"] * (q > 1), "mpi_dfrs": n["owned_filter"] * (q > 1),
+    })
+    n.update({key: int(v) for key, v in backward_kernel_bytes(
+        spec, b, k_blk, c_blk, h, w, r1 - r0, c1 - c0, len(me.need_rows),
+        len(me.need_cols)).items()})
+    return n
 
 
-def rank_memory_bytes(spec: ConvSpec, grid: Grid, rank: int) -> int:
+def backward_kernel_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, win_h, win_w,
+                          need_h, need_w) -> dict:
+    """``{"dgrad_kernel", "wgrad_kernel"}``: bytes the local backward kernels allocate for
+    a block (one worker; vectorised): :func:`parconv.kernels.backward.dgrad_workspace_bytes`
+    and ``wgrad_workspace_bytes`` with their 1x1 stride-1 in-place paths decided as the
+    kernels decide them (the forward's :func:`kernel_direct` condition, with the output
+    gradient's dtype for dgrad)."""
+    from . import dtypes
+    from .kernels.backward import dgrad_workspace_bytes, wgrad_workspace_bytes
+
+    p = spec.precision
+    xd, wd, gd = (dtypes.numpy_dtype(t) for t in (p.input, p.filter, p.output))
+    direct_w = kernel_direct(spec, out_h, out_w, need_h, need_w)
+    same = np.dtype(gd) == np.dtype(dtypes.numpy_dtype(p.accum))
+    direct_d = kernel_direct(spec, out_h, out_w, need_h, need_w, input_dtype=p.output) & same
+    args = (b, k_blk, c_blk, out_h, out_w, spec.R, spec.S, win_h, win_w)
+    return {"dgrad_kernel": dgrad_workspace_bytes(*args, spec.stride, gd, wd, direct_d),
+            "wgrad_kernel": wgrad_workspace_bytes(*args, xd, gd, direct_w)}
+
+
+def rank_memory_bytes(spec: ConvSpec, grid: Grid, rank: int, pass_: str = "forward",
+                      keep_window: bool = True) -> int:
     """Peak bytes a rank holds during a run: the maximum over the phases of the runtime
     of the buffers alive in that phase (:func:`memory_phases`), from the owned operand
     blocks to the output block, the local kernel's workspace included. The Python
     interpreter, numba and MPI library themselves are not included (a constant per
-    process, measured in ``bench/results/memory.md``)."""
-    return int(peak_memory_bits(spec.precision, rank_memory_buffers(spec, grid, rank))) // 8
+    process, measured in ``bench/results/memory.md``).
+    With ``pass_`` (``dgrad``, ``wgrad``, ``step``) the phases of that pass
+    (:func:`memory_phases`)."""
+    n = rank_memory_buffers(spec, grid, rank, pass_)
+    return int(peak_memory_bits(spec.precision, n, pass_, keep_window)) // 8

@@ -7,6 +7,10 @@ also reports the maximum over ranks of received + sent bytes on that grid, the q
 the lower bound bounds, so either figure compares like for like with the plan's:
 
 * ``batch_only``: ``P_b = P`` (data parallel: every rank gathers the whole filter);
+* ``data_parallel_training`` (training passes only): ``P_b = P`` with the filter
+  *replicated* (no filter allgather) and the filter gradient all-reduced, priced as a
+  reduce-scatter plus an allgather of the accumulator-precision gradient over the
+  ``P`` ranks (:func:`data_parallel_training`) -- the baseline every framework has;
 * ``spatial_only``: ``P_h × P_w`` (halo exchange; LBANN DistConv, distdl, Mesh-TF);
 * ``batch_spatial``: ``P_b × P_h × P_w`` (LBANN's sample + spatial hybrid);
 * ``channel_filter``: ``P_k × P_c`` (allgather input, reduce-scatter partial outputs);
@@ -14,8 +18,12 @@ the lower bound bounds, so either figure compares like for like with the plan's:
   communication-optimal 3-D matmul (COSMA-style) of the ``K × CRS`` filter matrix by it
   on a ``p_m × p_n × p_k`` grid; see :func:`matmul_volumes`.
 
-The first four are grids of the same algorithm, so their figures come from
-:mod:`parconv.plan` and equal :func:`parconv.partition.rank_volume`.
+The grid families are grids of the same algorithm, so their figures come from
+:mod:`parconv.plan` and equal :func:`parconv.partition.rank_volume` (for the training
+passes, the runtime's adjoint schedule). Every strategy is priced for a ``pass_``
+(``forward``, ``dgrad``, ``wgrad``, ``step``); ``im2col_matmul`` is a forward-only
+baseline (None for the training passes). Strategies are compared with the plan on the
+busiest rank's received + sent bytes of the pass (:func:`best_fixed`).
 """
 
 from __future__ import annotations
@@ -26,12 +34,13 @@ from typing import Any
 import numpy as np
 
 from .plan import (
+    _check_pass,
     _divisors,
     _interval_max,
     _split,
     best_grid,
     check_plannable,
-    max_rank_traffic_bytes,
+    max_rank_memory_bytes,
 )
 from .spec import ConvSpec
 
@@ -160,29 +169,86 @@ def im2col_matmul(spec: ConvSpec, procs: int, memory_bytes: int | None = None) -
                           {"matmul_mnk": [m, n, k], "im2col_elems": n * k}, traffic)
 
 
-def fixed_strategy(name: str, spec: ConvSpec, procs: int,
-                   memory_bytes: int | None = None) -> StrategyResult | None:
-    """Best grid of one strategy of :data:`FAMILIES`, or None when infeasible."""
-    if name not in FAMILIES:
-        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(FAMILIES)}")
+def data_parallel_training(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
+                           pass_: str = "step", keep_window: bool = True
+                           ) -> StrategyResult | None:
+    """Data-parallel training on ``P_b = P`` ranks (None when ``P > B``, or for the
+    forward pass, where it is ``batch_only`` with the filter replicated up front).
+
+    Every rank holds the whole filter (replicated: no filter allgather) and its batch
+    block; the filter gradient is all-reduced, priced exactly as the bandwidth-optimal
+    reduce-scatter + allgather of the ``K·C·R·S`` accumulator-precision gradient over the
+    ``P`` ranks, rank ``f`` owning the balanced row block ``kf`` of ``K`` in between:
+    reduce-scatter receives ``(P−1)·kf`` rows and sends ``K − kf``; the allgather receives
+    ``K − kf`` and sends ``(P−1)·kf`` (its adjoint). The other operations are those of the
+    ``P_b = P`` grid (with no spatial, channel or filter split they move nothing), so the
+    figures are the grid's with ``filter_allgather`` removed and a
+    ``grad_filter_allgather`` equal to the reduce-scatter exchanged. Memory: the grid's
+    peak for the pass plus the replicated filter and the all-reduced gradient on every
+    rank (``p_F·|F| + p_acc·|F|``, a conservative model, not measured).
+    """
+    pass_ = _check_pass(spec, pass_)
+    if pass_ == "forward" or procs > spec.B:
+        return None
+    check_plannable(spec, procs)
+    from .partition import Grid
+    from .plan import _all_indices, _pass_volumes
+
+    g = Grid(b=procs)
+    vol = _pass_volumes(spec, g, _all_indices(g), pass_, keep_window)
+    vol.pop("filter_allgather", None)
+    if "grad_filter_reduce_scatter" in vol:
+        r, s = vol["grad_filter_reduce_scatter"]
+        vol["grad_filter_allgather"] = (s, r)
+    recv = sum(np.broadcast_to(r, g.dims).ravel() for r, _ in vol.values())
+    send = sum(np.broadcast_to(s, g.dims).ravel() for _, s in vol.values())
+    p = spec.precision
+    mem = (max_rank_memory_bytes(spec, g, pass_, keep_window)
+           + (p.p_filter + p.p_accum) * spec.filter_elems // 8)
+    if memory_bytes is not None and mem > memory_bytes:
+        return None
+    return StrategyResult("data_parallel_training", g.as_dict(), int(recv.max()),
+                          int(recv.sum()), int(mem),
+                          {"allreduce": "reduce-scatter + allgather of dF (accumulator dtype)"},
+                          int((recv + send).max()))
+
+
+def fixed_strategy(name: str, spec: ConvSpec, procs: int, memory_bytes: int | None = None,
+                   pass_: str = "forward", keep_window: bool = True) -> StrategyResult | None:
+    """Best grid of one strategy of :data:`FAMILIES` for ``pass_``, or None when
+    infeasible (or not defined for the pass)."""
+    if name not in FAMILIES and name != "data_parallel_training":
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(FAMILIES)}, "
+                         "data_parallel_training")
+    pass_ = _check_pass(spec, pass_)
+    if name == "data_parallel_training":
+        return data_parallel_training(spec, procs, memory_bytes, pass_, keep_window)
     axes = FAMILIES[name]
     if axes is None:
-        return im2col_matmul(spec, procs, memory_bytes)
-    res = best_grid(spec, procs, memory_bytes, axes)
+        return im2col_matmul(spec, procs, memory_bytes) if pass_ == "forward" else None
+    res = best_grid(spec, procs, memory_bytes, axes, pass_, keep_window)
     if res is None:
         return None
     return StrategyResult(name, res.grid.as_dict(), res.max_rank_recv_bytes, res.total_recv_bytes,
                           res.max_rank_memory_bytes,
-                          max_rank_traffic_bytes=max_rank_traffic_bytes(spec, res.grid))
+                          max_rank_traffic_bytes=res.max_rank_traffic_bytes)
 
 
-def all_strategies(spec: ConvSpec, procs: int,
-                   memory_bytes: int | None = None) -> dict[str, StrategyResult | None]:
-    """Every fixed strategy's best grid (None where infeasible)."""
-    return {name: fixed_strategy(name, spec, procs, memory_bytes) for name in FAMILIES}
+def all_strategies(spec: ConvSpec, procs: int, memory_bytes: int | None = None,
+                   pass_: str = "forward",
+                   keep_window: bool = True) -> dict[str, StrategyResult | None]:
+    """Every fixed strategy's best grid for ``pass_`` (None where infeasible): the
+    :data:`FAMILIES` and, for the training passes, ``data_parallel_training``."""
+    names = list(FAMILIES)
+    if _check_pass(spec, pass_) != "forward":
+        names.insert(1, "data_parallel_training")
+    return {name: fixed_strategy(name, spec, procs, memory_bytes, pass_, keep_window)
+            for name in names}
 
 
 def best_fixed(results: dict[str, StrategyResult | None]) -> StrategyResult | None:
-    """The feasible strategy with the smallest max-rank received bytes."""
+    """The feasible strategy with the smallest busiest-rank received + sent bytes (the
+    planner's objective; ties: received bytes)."""
     feas = [r for r in results.values() if r is not None]
-    return min(feas, key=lambda r: r.max_rank_recv_bytes) if feas else None
+    return min(feas, key=lambda r: (r.max_rank_traffic_bytes, r.max_rank_recv_bytes)) \
+        if feas else None

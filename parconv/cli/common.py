@@ -91,6 +91,39 @@ def spec_from_args(args: argparse.Namespace) -> ConvSpec:
                     args.dilation or (1, 1), precision, "custom")
 
 
+PASS_CHOICES = ("forward", "dgrad", "wgrad", "step")
+
+
+def add_pass_args(p: argparse.ArgumentParser, what: str = "plan") -> None:
+    """``--pass`` and ``--recompute-window`` (training passes)."""
+    p.add_argument("--pass", dest="pass_", default="forward", choices=PASS_CHOICES,
+                   help=f"pass to {what}: forward (default), dgrad (input gradient), wgrad "
+                        "(filter gradient) or step (forward + dgrad + wgrad on one grid). "
+                        "Other than forward, --dtype names a training precision (fp32, bf16, "
+                        "fp16, fp64: 16-bit activations, weights and gradients with fp32 "
+                        "accumulation); integer training is refused")
+    p.add_argument("--recompute-window", action="store_true",
+                   help="step: do not keep the forward's input window for wgrad; gather it "
+                        "again (more bytes, less memory between the passes)")
+
+
+def pass_spec_from_args(args: argparse.Namespace) -> ConvSpec:
+    """:func:`spec_from_args`, with ``--dtype`` read as a training precision
+    (:func:`parconv.passes.training_precision`) when ``--pass`` is not ``forward``.
+
+    Raises
+    ------
+    ValueError
+        For integer training (``integer training is not supported``).
+    """
+    spec = spec_from_args(args)
+    if getattr(args, "pass_", "forward") == "forward":
+        return spec
+    from ..passes import training_precision
+
+    return spec.with_precision(training_precision(args.dtype).forward_precision)
+
+
 def memory_from_args(args: argparse.Namespace) -> int | None:
     """``--memory`` in bytes (None when not given)."""
     return None if args.memory is None else parse_bytes(args.memory)

@@ -16,10 +16,11 @@ import time
 
 from ..mpienv import MemoryLimit
 from .common import (
+    PASS_CHOICES,
     add_layer_args,
     add_memory_arg,
     emit_json,
-    spec_from_args,
+    pass_spec_from_args,
     table,
 )
 
@@ -53,6 +54,15 @@ def register(sub) -> None:
     p.add_argument("--offload", choices=["none", "gemmini"], default="none",
                    help="local compute on a modelled Gemmini (int8/uint8 presets only): reports "
                         "each node's modelled cycles and DRAM bytes beside its network bytes")
+    # -- training passes (--pass) -------------------------------------------------------
+    p.add_argument("--pass", dest="pass_", default="forward", choices=PASS_CHOICES,
+                   help="forward (default); step: forward then backward (input and filter "
+                        "gradients) with a seeded grad_output; dgrad / wgrad: one backward "
+                        "pass alone with seeded operands. Other than forward, --dtype names "
+                        "a training precision (fp32, bf16, fp16, fp64); integer training is "
+                        "refused. --verify then also checks grad_input and grad_weight, --save "
+                        "also writes grad_output, grad_input and grad_weight")
+    # -- end training passes ----------------------------------------------------------------
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
                    help="deadline on every collective: a rank that waits longer (a stopped or "
@@ -143,8 +153,9 @@ def _limit_text(limit: MemoryLimit) -> str:
             f"--memory none to skip the check)")
 
 
-def _choose_grid(spec, text: str, procs: int, limit: MemoryLimit):
-    """(plan, "auto" | "explicit"); the plan's peak memory per rank must fit ``limit``."""
+def _choose_grid(spec, text: str, procs: int, limit: MemoryLimit, pass_: str = "forward"):
+    """(plan, "auto" | "explicit"); the plan's peak memory per rank (of ``pass_``) must
+    fit ``limit``."""
     from ..partition import Grid
     from ..plan import candidate_grids, min_memory_grid, plan, plan_for_grid
     from ..runtime.errors import RunInputError, validate_run
@@ -152,17 +163,17 @@ def _choose_grid(spec, text: str, procs: int, limit: MemoryLimit):
 
     if text.strip().lower() == "auto":
         try:
-            return plan(spec, procs, limit.bytes), "auto"
+            return plan(spec, procs, limit.bytes, pass_=pass_), "auto"
         except ValueError:
             if limit.bytes is None or not candidate_grids(spec, procs):
                 raise
-            g, need = min_memory_grid(spec, procs)
+            g, need = min_memory_grid(spec, procs, pass_)
             raise RunInputError(f"no grid of {procs} ranks fits: the least planned peak memory "
                                 f"per rank is {format_bytes(need)} ({need} B, grid {g}), more "
                                 f"than {_limit_text(limit)}") from None
     grid = Grid.parse(text)
     validate_run(spec, grid, procs)
-    the_plan = plan_for_grid(spec, grid)
+    the_plan = plan_for_grid(spec, grid, pass_=pass_)
     need = the_plan.max_rank_memory_bytes
     if limit.bytes is not None and need > limit.bytes:
         raise RunInputError(f"grid {grid} needs {format_bytes(need)} ({need} B) per rank "
@@ -233,15 +244,20 @@ def run_command(args: argparse.Namespace) -> int:
     ranks_on_node = _ranks_on_node(comm) if memory_mode == "auto" else None
     save_path = npz_path(args.save) if args.save else None
     try:
-        spec = spec_from_args(args)
+        spec = pass_spec_from_args(args)
         outputs = [("--json", None if args.json in (None, "-") else args.json),
                    ("--save", args.save), ("--save", save_path and str(save_path))]
         for flag, path in dict.fromkeys(o for o in outputs if o[1] is not None):
             check_output_path(path, flag)  # on every rank: same verdict on a shared FS
         limit = _memory_limit(memory_mode, ranks_on_node)
-        the_plan, source = _choose_grid(spec, args.grid, size, limit)
+        the_plan, source = _choose_grid(spec, args.grid, size, limit, args.pass_)
         validate_run(spec, the_plan.grid, size)
         check_offload(spec, args.offload)
+        if args.pass_ != "forward" and args.offload != "none":
+            raise ValueError("--offload models the forward pass only; use --pass forward")
+        if args.pass_ != "forward" and (args.repeat is not None or args.overlap is not None):
+            raise ValueError("--repeat and --overlap apply to the forward pass only; the "
+                             "training passes run once, in the sequential order")
     except (ValueError, OverflowError) as exc:
         return refuse(exc)
 
@@ -263,6 +279,16 @@ def run_command(args: argparse.Namespace) -> int:
 
         fault_point("setup", rank)
         compile_s = _warm_kernel(spec) if args.offload == "none" else 0.0
+        if args.pass_ != "forward":
+            entry, verdict = _run_training(args, spec, grid, comm, compile_s, save_path, say)
+            entries = comm.gather(entry, root=0)
+            ok = comm.bcast(None if verdict is None else verdict.ok, root=0)
+            if rank == 0:
+                _report(args, spec, the_plan, source, entries, verdict, limit)
+                if verdict is not None and not verdict.ok:
+                    print(f"parconv run: error: verification failed: {verdict.message}",
+                          file=sys.stderr, flush=True)
+            return 0 if ok in (None, True) else 1
         x, w = seeded_operands_local(spec, grid, rank, args.seed)
         say("running: input allgather, halo exchange, filter allgather, local convolution, "
             "output reduce-scatter")
@@ -332,6 +358,118 @@ def _median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 
 
+# -- training passes (--pass dgrad | wgrad | step) ---------------------------------------
+
+
+def _run_training(args, spec, grid, comm, compile_s: float, save_path, say):
+    """Run ``--pass`` (step, dgrad or wgrad) on this rank with seeded operands; gather,
+    verify and save on rank 0. Returns (this rank's report entry, verdict or None)."""
+    from ..runtime import DistributedConv2d
+    from ..runtime.api import block_ranges, gather_blocks, seeded_block, seeded_operands_local
+
+    rank = comm.Get_rank()
+    x, w = seeded_operands_local(spec, grid, rank, args.seed)
+    g = seeded_block(spec, "grad_output", block_ranges(spec, grid, rank, "grad_output"),
+                     args.seed)
+    layer = DistributedConv2d(spec, grid, getattr(comm, "comm", comm), timeout=args.timeout)
+    y = gx = gw = None
+    steps = {"step": "forward, then backward: dOut allgather, dgrad, dIn halo back, dIn "
+                     "reduce-scatter, wgrad, dF reduce-scatter",
+             "dgrad": "filter allgather, dOut allgather, dgrad, dIn halo back, dIn "
+                      "reduce-scatter",
+             "wgrad": "input allgather, halo exchange, dOut allgather, wgrad, dF "
+                      "reduce-scatter"}
+    say(f"running {args.pass_}: {steps[args.pass_]}")
+    comm.Barrier()
+    t0 = time.perf_counter()
+    if args.pass_ == "step":
+        y = layer.forward(x, w)
+        gx, gw = layer.backward(g)
+        groups = {"forward": layer.volume("forward"), "backward": layer.volume("backward")}
+    elif args.pass_ == "dgrad":
+        gx = layer.grad_input(g, w)
+        groups = {"dgrad": layer.volume("dgrad")}
+    else:
+        gw = layer.grad_weight(x, g)
+        groups = {"wgrad": layer.volume("wgrad")}
+    wall = time.perf_counter() - t0
+    entry = _training_entry(layer, groups, wall, compile_s)
+    layer.free()
+    verdict = None
+    if args.verify or args.save:
+        say("gathering global arrays on rank 0")
+        arrays = {"input": gather_blocks(spec, grid, "input", x, comm),
+                  "weight": gather_blocks(spec, grid, "filter", w, comm),
+                  "grad_output": gather_blocks(spec, grid, "grad_output", g, comm)}
+        if y is not None:
+            arrays["output"] = gather_blocks(spec, grid, "output", y, comm)
+        if gx is not None:
+            arrays["grad_input"] = gather_blocks(spec, grid, "input", gx, comm)
+        if gw is not None:
+            arrays["grad_weight"] = gather_blocks(spec, grid, "filter", gw, comm)
+        if rank == 0 and args.save:
+            from ..io import save_npz
+
+            save_npz(save_path, **arrays)
+            say(f"saved {', '.join(arrays)} to {save_path}")
+        if args.verify and rank == 0:
+            say("verifying against parconv.reference")
+            verdict = _verify_training(spec, arrays)
+    return entry, verdict
+
+
+def _training_entry(layer, groups: dict, wall: float, compile_s: float) -> dict:
+    """One rank's report: per pass and operation measured and planned bytes, totals over
+    the whole run."""
+    measured = layer.measured()
+    seconds: dict[str, float] = {}
+    for st in layer.stats.values():
+        for k, v in st.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    passes = {name: {op: {"recv_bytes": measured.get(op, (0, 0))[0],
+                          "send_bytes": measured.get(op, (0, 0))[1],
+                          "planned_recv_bytes": pr, "planned_send_bytes": ps,
+                          "seconds": seconds.get(op, 0.0)}
+                     for op, (pr, ps) in planned.items()}
+              for name, planned in groups.items()}
+    ops = {op: v for per in passes.values() for op, v in per.items()}
+    s = layer.schedule
+    return {
+        "rank": s.rank, "coords": dict(zip("bkchw", s.coords)),
+        "recv_bytes": sum(v[0] for v in measured.values()),
+        "send_bytes": sum(v[1] for v in measured.values()),
+        "planned_recv_bytes": sum(v["planned_recv_bytes"] for v in ops.values()),
+        "planned_send_bytes": sum(v["planned_send_bytes"] for v in ops.values()),
+        "operations": ops, "passes": passes,
+        "phase_seconds": seconds, "wall_seconds": wall, "compile_seconds": compile_s,
+        "time_seconds": {"compute": sum(v for k, v in seconds.items()
+                                        if k.startswith("compute"))},
+        "gemmini": None,
+    }
+
+
+def _verify_training(spec, arrays: dict):
+    """Output, input gradient and filter gradient against parconv.reference (those the
+    pass produced); one verdict (ok when all are)."""
+    from ..runtime.verify import Verdict, compare, compare_grad_input, compare_grad_weight
+
+    x, w, g = arrays["input"], arrays["weight"], arrays["grad_output"]
+    parts = {}
+    if "output" in arrays:
+        parts["output"] = compare(spec, x, w, arrays["output"])
+    if "grad_input" in arrays:
+        parts["grad_input"] = compare_grad_input(spec, g, w, arrays["grad_input"])
+    if "grad_weight" in arrays:
+        parts["grad_weight"] = compare_grad_weight(spec, x, g, arrays["grad_weight"])
+    ok = all(v.ok for v in parts.values())
+    return Verdict(ok, "; ".join(f"{k}: {v.message}" for k, v in parts.items()),
+                   max(v.max_abs_error for v in parts.values()),
+                   max(v.worst_ratio for v in parts.values()))
+
+
+# -- end training passes -------------------------------------------------------------------
+
+
 def _rank_entry(res, walls: list[float], compile_s: float) -> dict:
     planned = res.planned
     measured = res.measured
@@ -356,8 +494,9 @@ def _rank_entry(res, walls: list[float], compile_s: float) -> dict:
 
 def _time_cells(e: dict) -> list[str]:
     """Table cells: compute, communication (in MPI calls), waiting seconds."""
-    t = e["time_seconds"]
-    return [f"{t.get(k, 0.0):.3f}" for k in ("compute", "communication", "waiting")]
+    t = e["time_seconds"]   # training passes: compute only (their backward phases are
+    return [f"{t[k]:.3f}" if k in t else "-"   # timed per operation, packing included)
+            for k in ("compute", "communication", "waiting")]
 
 
 def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) -> None:
@@ -370,6 +509,9 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
         e["planner_send_bytes"] = int(rv["send_bytes"][r])
     match = all(e["recv_bytes"] == e["planned_recv_bytes"] == e["planner_recv_bytes"]
                 and e["send_bytes"] == e["planned_send_bytes"] == e["planner_send_bytes"]
+                and all(v["recv_bytes"] == v["planned_recv_bytes"]
+                        and v["send_bytes"] == v["planned_send_bytes"]
+                        for v in e["operations"].values())
                 for e in entries)
     max_recv = max(e["recv_bytes"] for e in entries)
     max_traffic = max(e["recv_bytes"] + e["send_bytes"] for e in entries)
@@ -392,7 +534,8 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
                                                  "max_abs_error": verdict.max_abs_error,
                                                  "worst_error_over_tolerance": verdict.worst_ratio},
         "offload": args.offload,
-        "repeat": args.repeat, "overlap": entries[0]["overlap"],
+        "repeat": args.repeat, "overlap": entries[0].get("overlap"),
+        "pass": the_plan.pass_,
         "ranks": entries,
     }
     if args.json not in (None, "-"):
@@ -400,8 +543,9 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
     if args.json == "-":
         emit_json(args, payload)
         return
-    short = {"input_allgather": "in-ag", "input_halo": "halo", "filter_allgather": "filt-ag",
-             "output_reduce_scatter": "out-rs"}
+    from .plan import SHORT
+
+    short = {op: SHORT.get(op, op) for op in entries[0]["operations"]}
     rows = []
     for e in entries:
         ops = e["operations"]

@@ -6,7 +6,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_arg, add_layer_args, emit_json, spec_from_args, table
+from .common import (
+    add_json_arg,
+    add_layer_args,
+    add_pass_args,
+    emit_json,
+    pass_spec_from_args,
+    table,
+)
 
 
 def register(subparsers) -> None:
@@ -16,7 +23,9 @@ def register(subparsers) -> None:
                     "virtual ranks (no data, no MPI), report each rank's received and sent "
                     "bytes per operation, and check that every message has a matching "
                     "receiver (what rank a sends to b equals what b expects from a). Exits 1 "
-                    "on a mismatch. The bytes equal a real run's measured bytes.")
+                    "on a mismatch. The bytes equal a real run's measured bytes. With --pass, "
+                    "the operations of a training pass or step (the backward ones are the "
+                    "adjoints of the forward ones, checked the same way).")
     add_layer_args(p)
     p.add_argument("--procs", type=int, default=None,
                    help="number of virtual ranks P (default: the product of --grid)")
@@ -25,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="skip the schedule-consistency check (bytes only; less memory)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_pass_args(p, "simulate")
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -33,17 +43,18 @@ def _resolve(args: argparse.Namespace):
     from ..partition import Grid, check_grid
     from ..plan import plan, plan_for_grid
 
-    spec = spec_from_args(args)
+    spec = pass_spec_from_args(args)
+    kw = {"pass_": args.pass_, "keep_window": not args.recompute_window}
     if args.grid == "auto":
         if args.procs is None or args.procs < 1:
             raise ValueError(f"--procs must be a positive integer (or give --grid), got {args.procs}")
-        pl = plan(spec, args.procs)
+        pl = plan(spec, args.procs, **kw)
     else:
         grid = Grid.parse(args.grid)
         if args.procs is not None and grid.size != args.procs:
             raise ValueError(f"--grid {grid} has {grid.size} ranks but --procs is {args.procs}")
         check_grid(spec, grid)
-        pl = plan_for_grid(spec, grid)
+        pl = plan_for_grid(spec, grid, **kw)
     return spec, pl
 
 
@@ -65,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         elif done % 1024 == 0 or done == total:
             print(f"simulate: {done}/{total} ranks", file=sys.stderr, flush=True)
 
-    sim = simulate(spec, grid, check=not args.no_check, progress=progress)
+    sim = simulate(spec, grid, check=not args.no_check, progress=progress, pass_=pl.pass_,
+                   keep_window=pl.keep_window)
     planned = pl.rank_volumes()
     matches_plan = bool(np.array_equal(planned["recv_bytes"], sim.recv_bytes)
                         and np.array_equal(planned["send_bytes"], sim.send_bytes))
@@ -77,17 +89,24 @@ def run(args: argparse.Namespace) -> int:
     payload["ratio_to_bound"] = traffic / lb if lb else None
     payload["recv_ratio_grid_family"] = int(sim.recv_bytes.max()) / lb if lb else None
     payload["matches_plan"] = matches_plan
+    payload["keep_window"] = pl.keep_window
+    payload["max_rank_memory_bytes"] = pl.max_rank_memory_bytes
     if args.json is not None:
         emit_json(args, payload)
     else:
         print(f"layer   {spec.describe()}")
         print(f"grid    {grid}  ({grid.size} virtual ranks)")
+        print(f"pass    {pl.pass_}" + ("" if pl.pass_ != "step" else
+                                       " (input window kept)" if pl.keep_window else
+                                       " (input window gathered again)")
+              + f": {', '.join(pl.operations)}")
         s = sim.summary()
         rows = [[k, v["max"], round(v["mean"], 1), v["min"]] for k, v in s.items()]
         print(table(rows, ["received bytes", "max", "mean", "min"]))
         mx = s["total"]["max"]
         print(f"busiest rank's received + sent bytes: {traffic} B ({format_bytes(traffic)})")
-        print("lower bound (memory-independent): "
+        print(("step bound (any algorithm): " if pl.pass_ == "step" else
+               "lower bound (memory-independent): ")
               + (f"{lb:.0f} B ({format_bytes(lb)}); busiest rank's recv + send = "
                  f"{traffic / lb:.3f}x the bound (received only: {mx / lb:.3f}x, a grid-family "
                  "figure, not a bound ratio)" if lb else "vacuous at this P"))

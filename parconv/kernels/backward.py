@@ -38,8 +38,10 @@ from .window import (
     accumulator_dtype,
     conv2d_window,
     direct_view,
+    panel_sizes,
     plan_blocks,
     plan_chunks,
+    workspace_bytes,
 )
 
 #: default block width (output columns per GEMM) of the backward kernels.
@@ -298,3 +300,53 @@ def dgrad_window(grad_out: np.ndarray, w: np.ndarray, grad_x: np.ndarray, stride
                 col2im_add(grad_x, panel, q0, q1, u0, nu, H, W, R, S, sh, sw, dh, dw, oh, ow)
 
     _run_parts(n, parts, run)
+
+
+def wgrad_workspace_bytes(B, K, C, H, W, R, S, x_rows, x_cols, x_dtype, g_dtype,
+                          direct=False, *, block_cols: int = BWD_BLOCK_COLS,
+                          chunk_rows: int = BWD_CHUNK_ROWS):
+    """Bytes :func:`wgrad_window` allocates besides its arguments, one worker
+    (vectorised over the integer arguments): a packing panel ``max_rows x max_cols``
+    (none when ``direct``: the 1x1 stride-1 window read in place) and the ``K x max_cols``
+    gradient block buffer, in the accumulator dtype. ``x_rows x x_cols`` is the window;
+    zero when the filter gradient, the output gradient or the window is empty."""
+    acc = training_accumulator(x_dtype, g_dtype, "weight gradient")
+    B, K, C, H, W, R, S, x_rows, x_cols = (np.asarray(v, dtype=np.int64)
+                                           for v in (B, K, C, H, W, R, S, x_rows, x_cols))
+    max_rows, max_cols, _, _ = panel_sizes(B, C, H, W, R, S, direct, block_cols, chunk_rows)
+    panel = np.where(np.asarray(direct, dtype=bool), 0, max_rows * max_cols)
+    total = (panel + K * max_cols) * acc.itemsize
+    empty = (K * C * R * S == 0) | (B * K * H * W == 0) | (x_rows * x_cols == 0)
+    return np.where(empty, 0, total)
+
+
+def dgrad_workspace_bytes(B, K, C, H, W, R, S, x_rows, x_cols, stride, g_dtype, w_dtype,
+                          direct=False, *, block_cols: int = BWD_BLOCK_COLS,
+                          chunk_rows: int = BWD_CHUNK_ROWS):
+    """Bytes :func:`dgrad_window` allocates besides its arguments, one worker
+    (vectorised over the integer arguments). ``K``: output channels of the layer (of
+    ``grad_out``), ``C``: input channels (of ``grad_x``), ``x_rows x x_cols``: the
+    input-gradient window.
+
+    Stride 1: the flipped, transposed filter copy (``w`` dtype; none when that view is
+    already contiguous) plus :func:`~.window.workspace_bytes` of the forward convolution
+    ``grad_out * F'`` (``direct``: its 1x1 in-place path). Stride > 1: the packing panel
+    and the ``K x max_cols`` gradient block buffer in the accumulator dtype, plus a copy
+    of the filter in the accumulator dtype when its dtype differs. Zero when ``grad_x`` or
+    ``grad_out`` is empty.
+    """
+    acc = training_accumulator(g_dtype, w_dtype, "input gradient")
+    B, K, C, H, W, R, S, x_rows, x_cols = (np.asarray(v, dtype=np.int64)
+                                           for v in (B, K, C, H, W, R, S, x_rows, x_cols))
+    sh, sw = _pair("stride", stride)
+    empty = (B * C * x_rows * x_cols == 0) | (B * K * H * W == 0) | (R * S == 0)
+    if sh == 1 and sw == 1:
+        contiguous = ((K == 1) | (C == 1)) & (R == 1) & (S == 1)
+        wt = np.where(contiguous, 0, K * C * R * S * np.dtype(w_dtype).itemsize)
+        conv = workspace_bytes(B, C, K, x_rows, x_cols, R, S, g_dtype, w_dtype, direct,
+                               block_cols=block_cols, chunk_rows=chunk_rows)
+        return np.where(empty, 0, wt + conv)
+    max_rows, max_cols, _, _ = panel_sizes(B, C, H, W, R, S, False, block_cols, chunk_rows)
+    wm = K * C * R * S if np.dtype(w_dtype) != acc else 0
+    total = (max_rows * max_cols + K * max_cols + wm) * acc.itemsize
+    return np.where(empty, 0, total)

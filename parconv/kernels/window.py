@@ -393,6 +393,31 @@ def _planes_contiguous(out: np.ndarray) -> bool:
     return (W <= 1 or out.strides[3] == item) and (H <= 1 or out.strides[2] == W * item)
 
 
+def panel_sizes(B, C, H, W, R, S, direct=False, block_cols: int = BLOCK_COLS,
+                chunk_rows: int = CHUNK_ROWS):
+    """``(max_rows, max_cols, n_blocks, spans)`` of the packing geometry (vectorised): the
+    largest reduction chunk of :func:`plan_chunks` over ``C·R·S`` rows, the widest output
+    block of :func:`plan_blocks` (whole images when ``direct``), the number of blocks and
+    whether a block spans several images. Shared by the forward and backward workspace
+    formulas."""
+    B, C, H, W, R, S = (np.asarray(v, dtype=np.int64) for v in (B, C, H, W, R, S))
+    rows = C * R * S
+    n_chunks = -(-rows // chunk_rows)
+    max_rows = np.where(rows > 0, -(-rows // np.maximum(n_chunks, 1)), 0)
+    hw = H * W
+    big = hw >= block_cols
+    per_img = -(-hw // block_cols)
+    units = -(-H // np.maximum(per_img, 1))
+    n_blocks_small = np.maximum(-(-(B * hw) // block_cols), 1)
+    imgs = np.minimum(-(-B // n_blocks_small), B)
+    direct = np.asarray(direct, dtype=bool)
+    max_cols = np.where(direct, hw, np.where(big, units * W, imgs * hw))
+    n_blocks = np.where(direct, B, np.where(big, B * -(-H // np.maximum(units, 1)),
+                                            -(-B // np.maximum(imgs, 1))))
+    spans = ~direct & ~big & (imgs > 1)
+    return max_rows, max_cols, n_blocks, spans
+
+
 def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads: int = 1,
                     block_cols: int = BLOCK_COLS, chunk_rows: int = CHUNK_ROWS,
                     int_kernel: str | None = None):
@@ -425,20 +450,11 @@ def workspace_bytes(B, K, C, H, W, R, S, x_dtype, w_dtype, direct=False, threads
         chunk_rows = min(chunk_rows, exact_chunk_rows(x_dtype, w_dtype))
         direct = False
     rows = C * R * S
-    n_chunks = -(-rows // chunk_rows)
-    max_rows = np.where(rows > 0, -(-rows // np.maximum(n_chunks, 1)), 0)
     hw = H * W
-    big = hw >= block_cols
-    per_img = -(-hw // block_cols)
-    units = -(-H // np.maximum(per_img, 1))
-    n_blocks_small = np.maximum(-(-(B * hw) // block_cols), 1)
-    imgs = np.minimum(-(-B // n_blocks_small), B)
     direct = np.asarray(direct, dtype=bool)
-    max_cols = np.where(direct, hw, np.where(big, units * W, imgs * hw))
-    n_blocks = np.where(direct, B, np.where(big, B * -(-H // np.maximum(units, 1)),
-                                            -(-B // np.maximum(imgs, 1))))
+    max_rows, max_cols, n_blocks, spans = panel_sizes(B, C, H, W, R, S, direct, block_cols,
+                                                      chunk_rows)
     panel = np.where(direct, 0, max_rows * max_cols)
-    spans = ~direct & ~big & (imgs > 1)
     tmp = np.where(spans | integer, K * max_cols, 0)
     convert = np.dtype(w_dtype) != panel_dt
     wbuf = K * max_rows if convert else 0

@@ -64,9 +64,10 @@ def block_ranges(spec: ConvSpec, grid: Grid, rank: int, which: str) -> tuple[Ran
         return (me.batch, me.input_channels_owned, me.own_rows, me.own_cols)
     if which == "filter":
         return (me.filter_out_channels_owned, me.in_channels, (0, spec.R), (0, spec.S))
-    if which == "output":
+    if which in ("output", "grad_output"):
         return (me.batch, me.output_out_channels_owned, me.out_rows, me.out_cols)
-    raise ValueError(f"unknown block kind {which!r}: expected input, filter or output")
+    raise ValueError(f"unknown block kind {which!r}: expected input, filter, output or "
+                     "grad_output")
 
 
 def local_block(global_array: np.ndarray, spec: ConvSpec, grid: Grid, rank: int,
@@ -93,7 +94,7 @@ def local_block(global_array: np.ndarray, spec: ConvSpec, grid: Grid, rank: int,
 
 def _global_shape(spec: ConvSpec, which: str) -> tuple[int, ...]:
     return {"input": spec.input_shape, "filter": spec.filter_shape,
-            "output": spec.output_shape}[which]
+            "output": spec.output_shape, "grad_output": spec.output_shape}[which]
 
 
 _M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), \
@@ -113,23 +114,27 @@ SEED_CHUNK = 1 << 15
 
 def seeded_block(spec: ConvSpec, which: str, ranges: tuple[Range, ...], seed: int,
                  chunk: int = SEED_CHUNK) -> np.ndarray:
-    """The ``ranges`` part of the global ``input`` or ``filter`` array defined by ``seed``.
+    """The ``ranges`` part of the global ``input``, ``filter`` or ``grad_output`` array
+    defined by ``seed``.
 
     Element ``i`` (flat global index) is a function of ``(seed, which, i)`` only
     (SplitMix64), so blocks generated on different ranks tile one global array.
     Integers are uniform over the type's range clipped to [-128, 127]; floats uniform in
-    [-1, 1), filters scaled by sqrt(3 / (C·R·S)) so that outputs stay O(1).
+    [-1, 1), filters scaled by sqrt(3 / (C·R·S)) so that outputs stay O(1). The output
+    gradient (``grad_output``: output shape and dtype) is uniform in [-1, 1).
 
     The block is generated ``chunk`` elements at a time straight into the result, so
     besides the result only a few ``chunk``-sized temporaries exist (about 40 bytes per
     chunk element: 1.3 MB at the default).
     """
     shape = _global_shape(spec, which)
-    name = spec.precision.input if which == "input" else spec.precision.filter
+    name = {"input": spec.precision.input, "filter": spec.precision.filter,
+            "grad_output": spec.precision.output}[which]
     strides = np.cumprod((1, *shape[:0:-1]))[::-1].astype(np.uint64)
     dims = [hi - lo for lo, hi in ranges]
     los = np.array([lo for lo, _ in ranges], dtype=np.uint64)
-    key = _splitmix(np.array([seed & (2**64 - 1), 1 + (which == "filter")], np.uint64)).sum()
+    stream = {"input": 1, "filter": 2, "grad_output": 3}[which]
+    key = _splitmix(np.array([seed & (2**64 - 1), stream], np.uint64)).sum()
     dt = dtypes.numpy_dtype(name)
     out = np.empty(dims, dt)
     flat = out.reshape(-1)

@@ -123,12 +123,15 @@ def check_slurm(world_size: int, env=None) -> None:
 
 
 def check_local_blocks(spec: ConvSpec, grid: Grid, rank: int, x: np.ndarray,
-                       w: np.ndarray) -> str | None:
-    """Problem with this rank's local input/filter blocks, or None if they fit."""
+                       w: np.ndarray, which: tuple[str, ...] = ("input", "filter")) -> str | None:
+    """Problem with this rank's local input/filter blocks (those named in ``which``), or
+    None if they fit."""
     me = layout(spec, grid, rank)
     p = spec.precision
     for name, arr, shape, dt in (("input", x, me.input_owned_shape, p.input),
                                  ("filter", w, me.filter_owned_shape, p.filter)):
+        if name not in which:
+            continue
         if not isinstance(arr, np.ndarray):
             return f"local {name} block is {type(arr).__name__}, expected a numpy array"
         if tuple(arr.shape) != tuple(shape):

@@ -578,6 +578,39 @@ def _overlapped(call: _Call) -> None:
         call.cast_tile(t, i == 0)
 
 
+def _phases_alone(gc: GridComm, sched: Schedule, plan: ExecPlan | None, x_local, w_local,
+                  stats: RankStats, steps) -> _Call:
+    """Run some forward phase methods of :class:`_Call` alone (no compute), adding their
+    bytes and seconds to ``stats``; returns the call holding their results."""
+    call = _Call(gc, sched, plan or exec_plan(sched), x_local, w_local, None, None, None)
+    for step in steps:
+        step(call)
+    for op, (r, s) in call.stats.counters.volume().items():
+        stats.counters.add(op, r, s)
+    for ph, sec in call.clock.phases.items():
+        if sec:
+            stats.seconds[ph] = stats.seconds.get(ph, 0.0) + sec
+    return call
+
+
+def gather_input_window(gc: GridComm, sched: Schedule, x_local: np.ndarray, stats: RankStats,
+                        plan: ExecPlan | None = None) -> np.ndarray:
+    """Steps 1-2 alone: the ``(b, c_blk, rows, cols)`` local input window (input dtype),
+    for a backward pass run without its forward (``wgrad`` alone)."""
+    call = _phases_alone(gc, sched, plan, x_local, None, stats,
+                         (_Call.input_allgather, _Call.halo_start, _Call.halo_finish))
+    return call.window
+
+
+def gather_filter(gc: GridComm, sched: Schedule, w_local: np.ndarray, stats: RankStats,
+                  plan: ExecPlan | None = None) -> np.ndarray:
+    """Step 3 alone: the ``(k_blk, c_blk, R, S)`` filter block, allgathered along the b·h·w
+    fiber (the owned block itself when the fiber has one member), for ``dgrad`` alone."""
+    call = _phases_alone(gc, sched, plan, None, w_local, stats,
+                         (_Call.filter_start, _Call.filter_finish))
+    return call.filt
+
+
 def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndarray,
             kernel: Callable | None = None, local_compute: Callable | None = None,
             keep: dict | None = None, overlap: bool | None = None,

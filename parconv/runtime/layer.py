@@ -29,7 +29,7 @@ from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
 from .deadline import DeadlineComm, check_timeout, collective_timeout
 from .errors import RunInputError, abort_on_exception, agree, check_local_blocks, validate_run
-from .execute import RankStats, exec_plan, execute
+from .execute import RankStats, exec_plan, execute, gather_filter, gather_input_window
 from .schedule import build_schedule
 
 
@@ -124,8 +124,10 @@ class DistributedConv2d:
         if not self.validate_blocks:
             return
         problem = None
-        if "x" in blocks or "w" in blocks:
-            problem = check_local_blocks(self.spec, self.grid, self.rank, blocks["x"], blocks["w"])
+        which = tuple(n for k, n in (("x", "input"), ("w", "filter")) if k in blocks)
+        if which:
+            problem = check_local_blocks(self.spec, self.grid, self.rank, blocks.get("x"),
+                                         blocks.get("w"), which)
         if problem is None and "grad_y" in blocks:
             problem = self._check_grad_output(blocks["grad_y"])
         agree(self.comm, problem)
@@ -143,13 +145,16 @@ class DistributedConv2d:
         return None
 
     def volume(self, pass_: str) -> dict[str, tuple[int, int]]:
-        """Planned ``{op: (recv_bytes, send_bytes)}`` of ``forward``, ``backward`` or
-        ``step`` on this rank."""
+        """Planned ``{op: (recv_bytes, send_bytes)}`` on this rank of ``forward``,
+        ``backward`` (after a forward), ``step``, or ``dgrad`` / ``wgrad`` alone
+        (:meth:`grad_input`, :meth:`grad_weight`)."""
         names = pass_operations("step")
         if pass_ == "forward":
             names = names[:4]
         elif pass_ == "backward":
             names = names[4:]
+        elif pass_ != "step":
+            names = pass_operations(pass_)
         return {op: (self.ops[op].recv_bytes, self.ops[op].send_bytes) for op in names}
 
     # -- the passes -----------------------------------------------------------------------
@@ -191,6 +196,36 @@ class DistributedConv2d:
         self._saved = None
         self.stats["backward"] = stats
         return gx, gw
+
+    def grad_input(self, grad_y_local: np.ndarray, w_local: np.ndarray) -> np.ndarray:
+        """The input gradient alone (the ``dgrad`` pass, collective), without a forward:
+        the filter allgather, the dOut allgather, the local dgrad, the halo sent back and
+        the k-fiber reduce-scatter. Returns this rank's block in the input layout and
+        dtype; :meth:`measured` then has the dgrad operations."""
+        check_trainable(self.spec)
+        self._check(w=w_local, grad_y=grad_y_local)
+        stats = RankStats()
+        with self._guard():
+            filt = gather_filter(self.gc, self.schedule, w_local, stats, self.plan)
+            g = gather_grad_output(self.gc, self.schedule, self.ops, grad_y_local, stats)
+            gx = grad_input(self.gc, self.schedule, self.ops, g, filt, stats)
+        self.stats = {"dgrad": stats}
+        return gx
+
+    def grad_weight(self, x_local: np.ndarray, grad_y_local: np.ndarray) -> np.ndarray:
+        """The filter gradient alone (the ``wgrad`` pass, collective), without a forward:
+        the input allgather and halo exchange (the forward's, building the window), the
+        dOut allgather, the local wgrad and the b·h·w reduce-scatter. Returns this rank's
+        block in the filter layout and the accumulator dtype."""
+        check_trainable(self.spec)
+        self._check(x=x_local, grad_y=grad_y_local)
+        stats = RankStats()
+        with self._guard():
+            win = gather_input_window(self.gc, self.schedule, x_local, stats, self.plan)
+            g = gather_grad_output(self.gc, self.schedule, self.ops, grad_y_local, stats)
+            gw = grad_filter(self.gc, self.schedule, self.ops, win, g, stats)
+        self.stats = {"wgrad": stats}
+        return gw
 
     def measured(self) -> dict[str, tuple[int, int]]:
         """``{op: (recv_bytes, send_bytes)}`` counted in the last forward and backward."""

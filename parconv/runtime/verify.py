@@ -7,7 +7,9 @@ the per-element tolerance
 
 the probabilistic rounding-error bound of an n-term accumulation (Higham & Mary 2019)
 with a wide constant, plus the final rounding to the output type (s_out: its smallest
-subnormal). A wrong or missing
+subnormal). The gradients use the same test (:func:`compare_grad_input`: ``n = K·R·S``,
+delivered in the input dtype; :func:`compare_grad_weight`: ``n = B·H·W``, delivered in the
+accumulator dtype). A wrong or missing
 halo row changes whole terms of size |x·w| and exceeds it by orders of magnitude.
 """
 
@@ -18,7 +20,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import dtypes
-from ..reference import conv2d_reference, reference_for_spec
+from ..reference import (
+    conv2d_grad_input_reference,
+    conv2d_grad_weight_reference,
+    conv2d_reference,
+    reference_for_spec,
+)
 from ..spec import ConvSpec
 
 
@@ -66,18 +73,67 @@ def compare(spec: ConvSpec, x: np.ndarray, w: np.ndarray, out: np.ndarray) -> Ve
     args = (spec.stride, spec.padding, spec.dilation, "float64")
     ref = conv2d_reference(x, w, *args)
     absconv = conv2d_reference(np.abs(x.astype(np.float64)), np.abs(w.astype(np.float64)), *args)
-    n = spec.C * spec.R * spec.S
-    u_out = unit_roundoff(p.output)
-    tol = ((1.0 + u_out) * 16.0 * np.sqrt(n) * unit_roundoff(p.accum) * absconv
-           + u_out * np.abs(ref) + _half_subnormal(p.output))
+    return _within("outputs", out, ref, absconv, spec.C * spec.R * spec.S, p.accum, p.output)
+
+
+def _within(what: str, out: np.ndarray, ref: np.ndarray, absconv: np.ndarray, n: int,
+            accum: str, delivered: str) -> Verdict:
+    """The float tolerance test of the module docstring: ``n`` terms accumulated in
+    ``accum``, the result rounded to ``delivered``."""
+    u_out = unit_roundoff(delivered)
+    tol = ((1.0 + u_out) * 16.0 * np.sqrt(n) * unit_roundoff(accum) * absconv
+           + u_out * np.abs(ref) + _half_subnormal(delivered))
     err = np.abs(out.astype(np.float64) - ref)
     ratio = err / tol
     worst = float(np.nanmax(ratio)) if ratio.size else 0.0
     bad = ~(ratio <= 1.0)  # NaN counts as bad
     if bad.any():
         i = np.unravel_index(int(np.argmax(np.where(bad, ratio, -1))), out.shape)
-        return Verdict(False, f"{int(bad.sum())} of {out.size} outputs outside tolerance (worst at "
+        return Verdict(False, f"{int(bad.sum())} of {out.size} {what} outside tolerance (worst at "
                        f"{tuple(int(v) for v in i)}: {float(out[i])} vs reference {ref[i]:.6g}, "
                        f"tolerance {tol[i]:.3g})", float(np.nanmax(err)), worst)
-    return Verdict(True, f"all {out.size} outputs within tolerance (max error {err.max():.3g}, "
-                   f"worst error/tolerance {worst:.3g})", float(err.max()), worst)
+    return Verdict(True, f"all {out.size} {what} within tolerance (max error "
+                   f"{float(err.max(initial=0.0)):.3g}, worst error/tolerance {worst:.3g})",
+                   float(err.max(initial=0.0)), worst)
+
+
+def _check_array(what: str, a: np.ndarray, shape, dtype: str) -> Verdict | None:
+    if tuple(a.shape) != tuple(shape):
+        return Verdict(False, f"{what} shape {a.shape} != expected {tuple(shape)}", np.inf, np.inf)
+    if a.dtype != dtypes.numpy_dtype(dtype):
+        return Verdict(False, f"{what} dtype {a.dtype} != expected {dtype}", np.inf, np.inf)
+    return None
+
+
+def compare_grad_input(spec: ConvSpec, grad_out: np.ndarray, w: np.ndarray,
+                       grad_x: np.ndarray) -> Verdict:
+    """Compare a gathered input gradient (input dtype) with
+    :func:`parconv.reference.conv2d_grad_input_reference`: ``n = K·R·S`` terms per element
+    (an upper bound), accumulated in the accumulator dtype, delivered in the input dtype."""
+    p = spec.precision
+    bad = _check_array("grad_input", grad_x, spec.input_shape, p.input)
+    if bad:
+        return bad
+    args = (spec.input_shape, spec.stride, spec.padding, spec.dilation)
+    ref = conv2d_grad_input_reference(grad_out, w, *args)
+    absref = conv2d_grad_input_reference(np.abs(grad_out.astype(np.float64)),
+                                         np.abs(w.astype(np.float64)), *args)
+    return _within("input-gradient elements", grad_x, ref, absref, spec.K * spec.R * spec.S,
+                   p.accum, p.input)
+
+
+def compare_grad_weight(spec: ConvSpec, x: np.ndarray, grad_out: np.ndarray,
+                        grad_w: np.ndarray) -> Verdict:
+    """Compare a gathered filter gradient (accumulator dtype) with
+    :func:`parconv.reference.conv2d_grad_weight_reference`: ``n = B·H·W`` terms per
+    element, accumulated and delivered in the accumulator dtype."""
+    p = spec.precision
+    bad = _check_array("grad_weight", grad_w, spec.filter_shape, p.accum)
+    if bad:
+        return bad
+    args = ((spec.R, spec.S), spec.stride, spec.padding, spec.dilation)
+    ref = conv2d_grad_weight_reference(x, grad_out, *args)
+    absref = conv2d_grad_weight_reference(np.abs(x.astype(np.float64)),
+                                          np.abs(grad_out.astype(np.float64)), *args)
+    return _within("filter-gradient elements", grad_w, ref, absref, spec.B * spec.H * spec.W,
+                   p.accum, p.accum)
