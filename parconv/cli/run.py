@@ -572,11 +572,15 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
                   "bound ratio: relaying schedules receive less)") if lb else ""
     print(f"max recv per rank: {format_bytes(max_recv)} ({max_recv} B){recv_ratio}")
     print(f"measured bytes equal planned bytes on every rank: {'yes' if match else 'NO'}")
-    order = "overlapped" if entries[0]["overlap"] else "sequential"
-    runs = (f"median of {args.repeat} runs after a warm-up" if args.repeat is not None
-            else "one run")
-    print(f"wall s: {runs}, {order} order; compute s = local kernel, comm s = inside MPI "
-          f"calls, wait s = blocked waiting for collectives")
+    if args.pass_ == "forward":
+        order = "overlapped" if entries[0]["overlap"] else "sequential"
+        runs = (f"median of {args.repeat} runs after a warm-up" if args.repeat is not None
+                else "one run")
+        print(f"wall s: {runs}, {order} order; compute s = local kernel, comm s = inside MPI "
+              f"calls, wait s = blocked waiting for collectives")
+    else:
+        print(f"wall s: one {args.pass_} run (forward overlapped, backward sequential); "
+              "compute s = local kernels; comm s / wait s are reported for --pass forward")
     if verdict is not None:
         print(f"verify: {'OK' if verdict.ok else 'FAILED'}: {verdict.message}")
     if args.json not in (None, "-"):
