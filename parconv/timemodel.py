@@ -43,8 +43,11 @@ from .spec import ConvSpec
 KINDS = ("allgather", "reduce_scatter", "alltoallv")
 
 #: Phases the runtime times in the forward pass (``parconv run --json``'s ``phase_seconds``).
-FORWARD_PHASES = ("input_allgather", "input_halo", "filter_allgather", "compute",
+FORWARD_PHASES = ("setup", "input_allgather", "input_halo", "filter_allgather", "compute",
                   "output_reduce_scatter", "cast")
+#: Collectives of one call's set-up (the block agreement, the Cartesian communicator and
+#: its four fiber sub-communicators), each charged as a ``⌈log2 P⌉``-step allgather.
+SETUP_COLLECTIVES = 6
 
 #: MPICH (3.x/4.x) default thresholds of its collective algorithm selection, in bytes of
 #: the whole gathered / reduced buffer (MPIR_CVAR_ALLGATHER_SHORT_MSG_SIZE,
@@ -84,6 +87,9 @@ class Machine:
         per NIC: a rank's share is ``beta × ranks_per_node / nics_per_node``.
     gamma : ``{dtype class: seconds per multiply-accumulate}`` of the local kernel.
     copy : seconds per byte written by the runtime's packing copies.
+    setup : seconds of one call's local set-up (schedule, validation; the ``setup``
+        phase adds :data:`SETUP_COLLECTIVES` latency-only collectives; the runtime times
+        it as the wall time outside its phases).
     nics_per_node : network adapters per node.
     source : where the figures come from.
     """
@@ -95,6 +101,7 @@ class Machine:
     inter: dict[str, Link]
     gamma: dict[str, float]
     copy: float
+    setup: float = 0.0
     nics_per_node: int = 1
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -132,7 +139,7 @@ class Machine:
             raise ValueError(f"ranks per node must be positive, got {n}")
         cores = n if self.cores_per_node == self.ranks_per_node else self.cores_per_node
         return Machine(self.name, n, cores, self.intra, self.inter, self.gamma, self.copy,
-                       self.nics_per_node, self.source, self.extra)
+                       self.setup, self.nics_per_node, self.source, self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -160,11 +167,12 @@ class Machine:
             m = cls(str(d.get("name", "machine")), int(d["ranks_per_node"]),
                     int(d.get("cores_per_node", d["ranks_per_node"])), links["intra"],
                     links["inter"], {k: float(v) for k, v in d["gamma"].items()},
-                    float(d["copy"]), int(d.get("nics_per_node", 1)), str(d.get("source", "")),
+                    float(d["copy"]), float(d.get("setup", 0.0)), int(d.get("nics_per_node", 1)),
+                    str(d.get("source", "")),
                     dict(d.get("extra", {})))
         except (KeyError, TypeError) as exc:
             raise ValueError(f"machine description: missing or bad field {exc}") from None
-        figures = [m.copy, *m.gamma.values()] + [x for s in (m.intra, m.inter)
+        figures = [m.copy, m.setup, *m.gamma.values()] + [x for s in (m.intra, m.inter)
                                                  for lk in s.values() for x in (lk.alpha, lk.beta)]
         if not all(math.isfinite(x) and x >= 0 for x in figures):
             raise ValueError("machine description: every alpha, beta, gamma and copy must be "
@@ -570,6 +578,10 @@ def predict(spec: ConvSpec, grid: Grid, machine: Machine, pass_: str = "forward"
     steps = {ph: np.zeros(P, dtype=np.int64) for ph in phases}
     n_kernels = {"forward": 1, "dgrad": 1, "wgrad": 1, "step": 3}.get(pass_, 1)
     geo = {op: fiber_geometry(grid, keep, machine.ranks_per_node) for op, keep in FIBERS.items()}
+    if pass_ == "forward":   # one call's set-up: local work + latency-bound collectives
+        setup_link = machine.link("allgather", P > machine.ranks_per_node, P)
+        comm["setup"][:] = SETUP_COLLECTIVES * _log2(P) * setup_link.alpha
+        pack["setup"][:] = machine.setup * slow
     order = np.argsort(cls, kind="stable")
     bounds = np.searchsorted(cls[order], np.arange(len(reps) + 1))
     for c, s in enumerate(reps):

@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 
 from .common import (
+    TIME_HEADER,
     add_json_arg,
     add_layer_args,
+    add_machine_args,
     add_memory_arg,
     add_procs_arg,
     emit_json,
+    machine_from_args,
     memory_from_args,
     spec_from_args,
     table,
+    time_rows,
 )
 
 
@@ -31,6 +35,10 @@ def register(subparsers) -> None:
                             "more are excluded; default: no limit)")
     p.add_argument("--grid", default="auto", metavar="auto|BxKxCxHxW",
                    help="'auto' (default) searches all grids; BxKxCxHxW evaluates that grid")
+    p.add_argument("--objective", choices=["bytes", "time"], default="bytes",
+                   help="bytes (default): least busiest-rank received bytes; time: least "
+                        "predicted step time under --machine (docs/timemodel.md)")
+    add_machine_args(p)
     p.add_argument("--show-ranks", type=int, default=16, metavar="N",
                    help="ranks listed in the table (default 16; the JSON lists all)")
     add_json_arg(p)
@@ -47,7 +55,16 @@ def build_payload(args: argparse.Namespace):
     memory = memory_from_args(args)
     if args.procs is None or args.procs < 1:
         raise ValueError(f"--procs must be a positive integer, got {args.procs}")
-    if args.grid == "auto":
+    machine = machine_from_args(args)
+    if args.objective == "time" and machine is None:
+        raise ValueError("--objective time needs --machine PRESET|FILE")
+    search = None
+    if args.grid == "auto" and args.objective == "time":
+        from ..timemodel import best_grid_by_time
+
+        search = best_grid_by_time(spec, args.procs, machine, memory, overlap=args.overlap)
+        pl = plan_for_grid(spec, search.grid, memory)
+    elif args.grid == "auto":
         pl = plan(spec, args.procs, memory)
     else:
         grid = Grid.parse(args.grid)
@@ -61,6 +78,16 @@ def build_payload(args: argparse.Namespace):
     payload["strategies_traffic"] = {k: (None if v is None else v.max_rank_traffic_bytes)
                                      for k, v in strategies.items()}
     payload["strategy_grids"] = {k: (None if v is None else v.to_dict()) for k, v in strategies.items()}
+    payload["objective"] = args.objective
+    if machine is not None:
+        from ..timemodel import predict
+
+        pred = search.prediction if search else predict(spec, pl.grid, machine,
+                                                         overlap=args.overlap)
+        payload["time"] = pred.to_dict(include_ranks=args.json is not None)
+        payload["time"]["machine_description"] = machine.to_dict()
+        if search is not None:
+            payload["time_search"] = search.to_dict()
     return pl, strategies, payload
 
 
@@ -83,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"procs   {pl.procs}   (per-rank memory limit: {lim})")
     print(f"grid    {g}  (b={g.b} k={g.k} c={g.c} h={g.h} w={g.w})"
           + ("" if args.grid == "auto" else "  [given]"))
-    print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}   (the planner's objective)")
+    objective = ("the planner's objective" if args.objective == "bytes"
+                 else "objective: predicted time")
+    print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}   ({objective})")
     print(f"max-rank recv + send      {_b(pl.max_rank_traffic_bytes)}")
     print(f"total received bytes      {_b(pl.total_recv_bytes)}")
     print(f"max-rank memory           {_b(pl.max_rank_memory_bytes)}")
@@ -95,6 +124,21 @@ def run(args: argparse.Namespace) -> int:
               "bound ratio: relaying schedules receive less; docs/theory.md §5)")
     else:
         print(f"memory-independent bound  vacuous at P={pl.procs} ({pl.bound.get('bytes', 0):.4g} B)")
+    if "time" in payload:
+        t = payload["time"]
+        print(f"\npredicted step time {t['step_seconds'] * 1e3:.4g} ms on {t['machine']} "
+              f"({'overlap' if t['overlap'] else 'phases in sequence'}; busiest rank "
+              f"{t['busiest_rank']['rank']})")
+        if "time_search" in payload:
+            ts = payload["time_search"]
+            print(f"  bytes-optimal grid {ts['bytes_grid_text']}: "
+                  f"{ts['bytes_grid_step_seconds'] * 1e3:.4g} ms "
+                  f"({ts['speedup_over_bytes']:.3f}x the time-optimal); "
+                  f"{ts['evaluated']} of {ts['candidates']} grids predicted (exact search)")
+        from ..timemodel import predict as _predict
+
+        print(table(time_rows(_predict(pl.spec, pl.grid, machine_from_args(args),
+                                       overlap=args.overlap)), TIME_HEADER))
     rows = []
     for name, r in strategies.items():
         if r is None:

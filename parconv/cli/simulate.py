@@ -6,7 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import add_json_arg, add_layer_args, emit_json, spec_from_args, table
+from .common import (
+    TIME_HEADER,
+    add_json_arg,
+    add_layer_args,
+    add_machine_args,
+    emit_json,
+    machine_from_args,
+    spec_from_args,
+    table,
+    time_rows,
+)
 
 
 def register(subparsers) -> None:
@@ -25,6 +35,7 @@ def register(subparsers) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="skip the schedule-consistency check (bytes only; less memory)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    add_machine_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -55,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec, pl = _resolve(args)
     grid = pl.grid
+    machine = machine_from_args(args)
 
     def progress(done: int, total: int) -> None:
         if args.quiet or total < 1024:
@@ -77,6 +89,15 @@ def run(args: argparse.Namespace) -> int:
     payload["ratio_to_bound"] = traffic / lb if lb else None
     payload["recv_ratio_grid_family"] = int(sim.recv_bytes.max()) / lb if lb else None
     payload["matches_plan"] = matches_plan
+    pred = None
+    if machine is not None:
+        from ..timemodel import predict
+
+        pred = predict(spec, grid, machine, overlap=args.overlap)
+        payload["time"] = pred.to_dict()
+        payload["time"]["machine_description"] = machine.to_dict()
+        for entry in payload.get("ranks", []):
+            entry["predicted"] = pred.rank(entry["rank"])
     if args.json is not None:
         emit_json(args, payload)
     else:
@@ -95,6 +116,11 @@ def run(args: argparse.Namespace) -> int:
               f"equals the planner's per-rank bytes: {'yes' if matches_plan else 'NO'}")
         if not args.no_check:
             print("schedule consistent: " + ("yes" if sim.consistent else "NO"))
+        if pred is not None:
+            print(f"predicted step time {pred.step_seconds * 1e3:.4g} ms on {machine.name} "
+                  f"({'overlap' if pred.overlap else 'phases in sequence'}; busiest rank "
+                  f"{pred.busiest_rank})")
+            print(table(time_rows(pred), TIME_HEADER))
     for m in sim.mismatches:
         print(f"parconv simulate: schedule mismatch: {m}", file=sys.stderr)
     if not matches_plan:
