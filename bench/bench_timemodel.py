@@ -83,6 +83,24 @@ def _run(layer: str, procs: int, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def probe_seconds_per_mac() -> float:
+    """Seconds per MAC of the fp32 kernel on one ResNet-like block, best of 3, in this
+    process now: how fast the (shared) machine is at the moment of a measurement."""
+    import numpy as np
+
+    from parconv.kernels import conv2d_window
+
+    x = np.ones((4, 64, 28, 28), np.float32)
+    w = np.ones((64, 64, 3, 3), np.float32)
+    o = np.zeros((4, 64, 26, 26), np.float32)
+    best = math.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        conv2d_window(x, w, o, 1, 1, (0, 0))
+        best = min(best, time.perf_counter() - t0)
+    return best / (4 * 64 * 64 * 26 * 26 * 9)
+
+
 def validate(repeats: int, layers: list[str] | None) -> list[dict]:
     from parconv.layers import suite
     from parconv.partition import Grid
@@ -96,6 +114,7 @@ def validate(repeats: int, layers: list[str] | None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for spec in specs:
             for P in PROCS:
+                probe = probe_seconds_per_mac()
                 runs = [_run(spec.name, P, Path(tmp) / f"r{i}.json") for i in range(repeats)]
                 walls = [max(e["wall_seconds"] for e in d["ranks"]) for d in runs]
                 best = runs[walls.index(min(walls))]
@@ -121,12 +140,18 @@ def validate(repeats: int, layers: list[str] | None) -> list[dict]:
                                               for ph in FORWARD_PHASES},
                     "oversubscribed": P > m.cores_per_node,
                     "load_average": os.getloadavg()[0],
+                    # fp32 kernel speed just before the runs, relative to the calibration
+                    "probe_slowdown": probe / base.gamma["fp32"],
                 }
+                comp = [e["phase_seconds"].get("compute", 0.0) for e in best["ranks"]]
+                if len(set(pred.compute["compute"].round(15))) == 1 and min(comp) > 0:
+                    row["rank_compute_spread"] = max(comp) / min(comp)
                 rows.append(row)
                 print(f"{spec.name:34s} P={P} {row['grid']:10s} measured "
                       f"{row['measured_s'] * 1e3:8.2f} ms predicted "
                       f"{row['predicted_s'] * 1e3:8.2f} ms ratio {row['ratio']:.2f} "
-                      f"(load {row['load_average']:.1f})", flush=True)
+                      f"(load {row['load_average']:.1f}, probe x{row['probe_slowdown']:.2f})",
+                      flush=True)
     return rows
 
 
@@ -193,7 +218,12 @@ def write_md(data: dict) -> None:
                   "Measured: slowest rank's `wall_seconds` of `parconv run --json`, best of "
                   f"{data['repeats']} launches. Predicted: `parconv.timemodel.predict` with the "
                   "calibrated machine. P = 4 runs 4 ranks on 2 cores (oversubscribed; the "
-                  "model doubles compute and packing).", ""]
+                  "model doubles compute and packing). `probe`: the fp32 kernel's seconds per MAC "
+                  "measured in the bench process just before the case ÷ the calibrated figure "
+                  "(> 1: the shared machine was slower than when calibrated). `launch spread`: "
+                  "slowest ÷ fastest of the launches of the case; `rank compute spread`: slowest "
+                  "÷ fastest rank's compute phase in the kept launch, for grids whose ranks all "
+                  "do the same MACs (else blank): the noise floor of the measurement.", ""]
         for P in PROCS:
             sel = [r for r in rows if r["procs"] == P]
             if not sel:
@@ -205,8 +235,9 @@ def write_md(data: dict) -> None:
                          f"error factor {err:.3f}; worst {min(r['ratio'] for r in sel):.2f} / "
                          f"{max(r['ratio'] for r in sel):.2f}")
         lines += ["", "| layer | P | grid | measured ms | predicted ms | pred/meas | "
-                  "compute meas/pred ms | comm+pack meas/pred ms | set-up meas/pred ms | load |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "compute meas/pred ms | comm+pack meas/pred ms | set-up meas/pred ms | load | "
+                  "probe | launch spread | rank compute spread |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in rows:
             mp, pp = r["measured_phase_max_s"], r["predicted_phase_max_s"]
             comm_m = sum(v for k, v in mp.items() if k not in ("compute", "setup"))
@@ -216,7 +247,9 @@ def write_md(data: dict) -> None:
                          f"{r['ratio']:.2f} | {mp['compute'] * 1e3:.2f} / {pp['compute'] * 1e3:.2f} | "
                          f"{comm_m * 1e3:.2f} / {comm_p * 1e3:.2f} | "
                          f"{mp['setup'] * 1e3:.2f} / {pp['setup'] * 1e3:.2f} | "
-                         f"{r['load_average']:.1f} |")
+                         f"{r['load_average']:.1f} | {r.get('probe_slowdown', float('nan')):.2f} | "
+                         f"{max(r['measured_all_s']) / min(r['measured_all_s']):.2f} | "
+                         f"{r.get('rank_compute_spread', float('nan')):.2f} |")
         lines.append("")
     crow = data.get("cluster") or []
     if crow:
@@ -259,9 +292,14 @@ def main() -> None:
     ap.add_argument("--only", choices=["validate", "cluster"], default=None)
     ap.add_argument("--preset", default="ib-hdr")
     ap.add_argument("--cluster-batch", type=int, default=32)
+    ap.add_argument("--report", action="store_true",
+                    help="only rewrite timemodel.md from timemodel.json")
     args = ap.parse_args()
+    if args.report:
+        write_md(json.loads((RESULTS / "timemodel.json").read_text()))
+        return
     out = RESULTS / "timemodel.json"
-    data = json.loads(out.read_text()) if out.is_file() and args.only else {}
+    data: dict = {}
     data.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                 f"Python {platform.python_version()}", load_before=os.getloadavg()[0],
                 args=" ".join(sys.argv[1:]))
@@ -275,6 +313,8 @@ def main() -> None:
         data["cluster_preset"], data["cluster_batch"] = args.preset, args.cluster_batch
         data["cluster"] = cluster(args.preset, args.cluster_batch)
     data["load_after"] = os.getloadavg()[0]
+    if args.only and out.is_file():   # keep the other part's results (read at the end)
+        data = {**json.loads(out.read_text()), **data}
     out.write_text(json.dumps(data, indent=1) + "\n")
     write_md(data)
     print(f"wrote {out} and {RESULTS / 'timemodel.md'}")

@@ -190,9 +190,11 @@ def _uniform(alpha: float, beta: float, reduce_beta: float = 0.0) -> dict[str, L
             "reduce_scatter": Link(alpha, beta + reduce_beta)}
 
 
-#: Kernel rates (s/MAC) and copy rate measured on this machine (AMD EPYC, one thread,
-#: ``parconv calibrate`` 2 ranks; bench/results/timemodel.md). The cluster presets assume
-#: cores as fast as these.
+#: Kernel rates (s/MAC) of this machine's cores (AMD EPYC, AVX2, one thread; fp32 ≈ 69
+#: GFLOP/s, bench/results/kernels.md) and a packing copy rate of 0.25 ns per byte written
+#: (4 GB/s: the runtime writes freshly allocated buffers, first touch included; a copy
+#: into warm, cached memory runs at ≈ 0.05 ns/B). The cluster presets assume cores as
+#: fast as these.
 _THIS_GAMMA = {"fp32": 2.9e-11, "int8": 3.0e-11, "bf16": 3.3e-11, "fp16": 3.6e-11,
                "fp64": 5.8e-11}
 _THIS_COPY = 2.5e-10
@@ -236,13 +238,17 @@ def this_machine() -> dict[str, Any]:
     return dict(THIS_MACHINE)
 
 
-#: The figures of ``parconv calibrate`` (2 ranks, one node) on the development machine
-#: (AMD EPYC, 2 cores, MPICH 5 shared memory; bench/results/timemodel.md).
+#: ``this-machine`` without ``$PARCONV_MACHINE``: the network, copy and set-up figures of
+#: ``mpiexec -n 2 parconv calibrate`` on the development machine (AMD EPYC, 2 cores shared
+#: with other jobs, MPICH 5 shared memory; bench/results/timemodel_machine.json), and the
+#: kernel rates of bench/results/kernels.md (single thread, thread CPU time: the rates of
+#: an undisturbed core; the calibration's own, taken under load, are slower).
+_THIS_LINKS = {"allgather": {"alpha": 4.32e-06, "beta": 6.95e-10}, "reduce_scatter": {"alpha": 2.8e-05, "beta": 6.03e-10}, "alltoallv": {"alpha": 2.71e-05, "beta": 2.69e-10}}
 THIS_MACHINE: dict[str, Any] = {
     "name": "this-machine", "ranks_per_node": 2, "cores_per_node": 2, "nics_per_node": 1,
-    "intra": {k: asdict(v) for k, v in _uniform(5e-6, 2.5e-10, _REDUCE).items()},
-    "inter": {k: asdict(v) for k, v in _uniform(5e-6, 2.5e-10, _REDUCE).items()},
-    "gamma": _THIS_GAMMA, "copy": _THIS_COPY, "source": "built-in default",
+    "intra": _THIS_LINKS, "inter": _THIS_LINKS,
+    "gamma": _THIS_GAMMA, "copy": _THIS_COPY, "setup": 0.000653,
+    "source": "parconv calibrate, 2 ranks, this machine (kernel rates: bench/results/kernels.md)",
 }
 
 
