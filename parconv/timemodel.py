@@ -623,6 +623,7 @@ class TimeSearch:
     bytes_prediction: Prediction
     candidates: int
     evaluated: int
+    exact: bool = True
 
     @property
     def speedup_over_bytes(self) -> float:
@@ -635,7 +636,7 @@ class TimeSearch:
                 "bytes_grid": self.bytes_grid.as_dict(), "bytes_grid_text": str(self.bytes_grid),
                 "bytes_grid_step_seconds": self.bytes_prediction.step_seconds,
                 "speedup_over_bytes": self.speedup_over_bytes,
-                "candidates": self.candidates, "evaluated": self.evaluated}
+                "candidates": self.candidates, "evaluated": self.evaluated, "exact": self.exact}
 
 
 def time_lower_bound(spec: ConvSpec, grid: Grid, machine: Machine, overlap: bool = False,
@@ -710,11 +711,12 @@ def best_grid_by_time(spec: ConvSpec, procs: int, machine: Machine,
                      for g in grids), key=lambda t: (t[0], t[1]))
     best: tuple[float, tuple, Prediction] | None = None
     bytes_pred = predict(spec, bytes_plan.grid, machine, pass_, overlap)
-    evaluated = 0
+    evaluated, exact = 0, True
     for lb, tie, g in bounds:
         if best is not None and lb > best[0]:
             break
         if max_evaluations is not None and evaluated >= max_evaluations:
+            exact = False
             break
         if memory_bytes is not None and max_rank_memory_bytes(spec, g) > memory_bytes:
             continue
@@ -728,4 +730,5 @@ def best_grid_by_time(spec: ConvSpec, procs: int, machine: Machine,
             best = (pred.step_seconds, tie, pred)
     if best is None or (bytes_pred.step_seconds, _tie_key(bytes_plan.grid)) < best[:2]:
         best = (bytes_pred.step_seconds, _tie_key(bytes_plan.grid), bytes_pred)
-    return TimeSearch(best[2].grid, best[2], bytes_plan.grid, bytes_pred, len(grids), evaluated)
+    return TimeSearch(best[2].grid, best[2], bytes_plan.grid, bytes_pred, len(grids), evaluated,
+                      exact)

@@ -176,7 +176,9 @@ def test_time_search_equals_brute_force(procs, rpn):
     assert res.prediction.step_seconds == pytest.approx(min(times.values()))
     assert res.bytes_grid == plan(spec, procs).grid
     assert res.speedup_over_bytes >= 1.0
-    assert res.evaluated <= res.candidates
+    assert res.evaluated <= res.candidates and res.exact
+    capped = best_grid_by_time(spec, procs, m, max_evaluations=1)
+    assert capped.evaluated == 1 and capped.prediction.step_seconds >= res.prediction.step_seconds
 
 
 def test_backward_passes():

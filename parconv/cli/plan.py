@@ -39,6 +39,9 @@ def register(subparsers) -> None:
                    help="bytes (default): least busiest-rank received bytes; time: least "
                         "predicted step time under --machine (docs/timemodel.md)")
     add_machine_args(p)
+    p.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="--objective time: predict at most N grids, in increasing order of "
+                        "their time lower bound (default: exact search over all candidates)")
     p.add_argument("--show-ranks", type=int, default=16, metavar="N",
                    help="ranks listed in the table (default 16; the JSON lists all)")
     add_json_arg(p)
@@ -62,7 +65,8 @@ def build_payload(args: argparse.Namespace):
     if args.grid == "auto" and args.objective == "time":
         from ..timemodel import best_grid_by_time
 
-        search = best_grid_by_time(spec, args.procs, machine, memory, overlap=args.overlap)
+        search = best_grid_by_time(spec, args.procs, machine, memory, overlap=args.overlap,
+                                   max_evaluations=args.max_evaluations)
         pl = plan_for_grid(spec, search.grid, memory)
     elif args.grid == "auto":
         pl = plan(spec, args.procs, memory)
@@ -134,7 +138,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  bytes-optimal grid {ts['bytes_grid_text']}: "
                   f"{ts['bytes_grid_step_seconds'] * 1e3:.4g} ms "
                   f"({ts['speedup_over_bytes']:.3f}x the time-optimal); "
-                  f"{ts['evaluated']} of {ts['candidates']} grids predicted (exact search)")
+                  f"{ts['evaluated']} of {ts['candidates']} grids predicted ("
+                  + ("exact search)" if ts["exact"] else "capped by --max-evaluations)"))
         from ..timemodel import predict as _predict
 
         print(table(time_rows(_predict(pl.spec, pl.grid, machine_from_args(args),
