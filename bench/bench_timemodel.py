@@ -198,7 +198,7 @@ def _geomean(xs) -> float:
 
 def write_md(data: dict) -> None:
     lines = ["# Time model: predicted vs measured, time- vs bytes-optimal grids", "",
-             f"Command: `{COMMAND}`" + (f" {data['args']}" if data.get("args") else ""), "",
+             f"Command: `{COMMAND}" + (f" {data['args']}" if data.get("args") else "") + "`", "",
              f"Machine: {data['machine']}; load average {data['load_before']:.2f} before, "
              f"{data['load_after']:.2f} after (2 cores shared with other jobs).", ""]
     m = data.get("calibrated")
