@@ -22,7 +22,8 @@ from typing import IO
 from ..mpienv import is_rank_zero
 
 #: Subcommand modules under ``parconv.cli``, in help order.
-COMMANDS: list[str] = ["bound", "tile", "plan", "run", "gemmini", "simulate", "net"]
+COMMANDS: list[str] = ["bound", "tile", "plan", "run", "gemmini", "simulate", "net",
+                       "calibrate"]
 
 
 class RankZeroParser(argparse.ArgumentParser):

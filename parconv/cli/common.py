@@ -165,3 +165,45 @@ def _fmt(c: Any) -> str:
     if isinstance(c, float):
         return f"{c:.4g}" if abs(c) < 1e6 else f"{c:.4e}"
     return str(c)
+
+
+def add_machine_args(p: argparse.ArgumentParser) -> None:
+    """``--machine``, ``--ranks-per-node``, ``--overlap`` of the time model
+    (:mod:`parconv.timemodel`, docs/timemodel.md)."""
+    p.add_argument("--machine", default=None, metavar="PRESET|FILE",
+                   help="time model: a preset (ib-hdr, ib-ndr, this-machine) or a machine file "
+                        "from `parconv calibrate` (JSON/TOML); reports predicted seconds per "
+                        "rank and phase")
+    p.add_argument("--ranks-per-node", type=int, default=None, metavar="N",
+                   help="override the machine's ranks per node")
+    p.add_argument("--overlap", action="store_true",
+                   help="time model: communication hidden behind compute "
+                        "(pack + max(comm, compute) per rank) instead of phases in sequence")
+
+
+def machine_from_args(args: argparse.Namespace):
+    """The :class:`parconv.timemodel.Machine` of ``--machine`` (None without it)."""
+    if getattr(args, "machine", None) is None:
+        if getattr(args, "ranks_per_node", None) is not None or getattr(args, "overlap", False):
+            raise ValueError("--ranks-per-node and --overlap need --machine")
+        return None
+    from ..timemodel import load_machine
+
+    m = load_machine(args.machine)
+    if args.ranks_per_node is not None:
+        m = m.with_ranks_per_node(args.ranks_per_node)
+    return m
+
+
+def time_rows(pred) -> list[list[Any]]:
+    """Table rows: predicted seconds per phase (max / mean / min over ranks, busiest rank)."""
+    b = pred.busiest_rank
+    rows = []
+    for ph, v in pred.summary().items():
+        busy = pred.rank_seconds[b] if ph == "total" else pred.phase_seconds(ph)[b]
+        rows.append([ph, f"{v['max'] * 1e3:.4g}", f"{v['mean'] * 1e3:.4g}", f"{v['min'] * 1e3:.4g}",
+                     f"{busy * 1e3:.4g}"])
+    return rows
+
+
+TIME_HEADER = ["phase (predicted)", "max ms", "mean ms", "min ms", "busiest rank ms"]

@@ -5,15 +5,19 @@ from __future__ import annotations
 import argparse
 
 from .common import (
+    TIME_HEADER,
     add_json_arg,
     add_layer_args,
+    add_machine_args,
     add_memory_arg,
     add_pass_args,
     add_procs_arg,
     emit_json,
+    machine_from_args,
     memory_from_args,
     pass_spec_from_args,
     table,
+    time_rows,
 )
 
 
@@ -39,6 +43,13 @@ def register(subparsers) -> None:
     p.add_argument("--grid", default="auto", metavar="auto|BxKxCxHxW",
                    help="'auto' (default) searches all grids; BxKxCxHxW evaluates that grid")
     add_pass_args(p)
+    p.add_argument("--objective", choices=["bytes", "time"], default="bytes",
+                   help="bytes (default): least busiest-rank received bytes; time: least "
+                        "predicted step time under --machine (docs/timemodel.md)")
+    add_machine_args(p)
+    p.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="--objective time: predict at most N grids, in increasing order of "
+                        "their time lower bound (default: exact search over all candidates)")
     p.add_argument("--show-ranks", type=int, default=16, metavar="N",
                    help="ranks listed in the table (default 16; the JSON lists all)")
     add_json_arg(p)
@@ -56,7 +67,17 @@ def build_payload(args: argparse.Namespace):
     pass_, keep = args.pass_, not args.recompute_window
     if args.procs is None or args.procs < 1:
         raise ValueError(f"--procs must be a positive integer, got {args.procs}")
-    if args.grid == "auto":
+    machine = machine_from_args(args)
+    if args.objective == "time" and machine is None:
+        raise ValueError("--objective time needs --machine PRESET|FILE")
+    search = None
+    if args.grid == "auto" and args.objective == "time":
+        from ..timemodel import best_grid_by_time
+
+        search = best_grid_by_time(spec, args.procs, machine, memory, pass_=pass_,
+                                   overlap=args.overlap, max_evaluations=args.max_evaluations)
+        pl = plan_for_grid(spec, search.grid, memory, pass_=pass_, keep_window=keep)
+    elif args.grid == "auto":
         pl = plan(spec, args.procs, memory, pass_=pass_, keep_window=keep)
     else:
         grid = Grid.parse(args.grid)
@@ -74,6 +95,16 @@ def build_payload(args: argparse.Namespace):
     payload["strategies_traffic"] = {k: (None if v is None else v.max_rank_traffic_bytes)
                                      for k, v in strategies.items()}
     payload["strategy_grids"] = {k: (None if v is None else v.to_dict()) for k, v in strategies.items()}
+    payload["objective"] = args.objective
+    if machine is not None:
+        from ..timemodel import predict
+
+        pred = search.prediction if search else predict(spec, pl.grid, machine,
+                                                         overlap=args.overlap)
+        payload["time"] = pred.to_dict(include_ranks=args.json is not None)
+        payload["time"]["machine_description"] = machine.to_dict()
+        if search is not None:
+            payload["time_search"] = search.to_dict()
     return pl, strategies, payload
 
 
@@ -100,8 +131,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"procs   {pl.procs}   (per-rank memory limit: {lim})")
     print(f"grid    {g}  (b={g.b} k={g.k} c={g.c} h={g.h} w={g.w})"
           + ("" if args.grid == "auto" else "  [given]"))
-    print(f"max-rank recv + send      {_b(pl.max_rank_traffic_bytes)}   (the planner's "
-          "objective" + (", the busiest rank's step total)" if pl.pass_ == "step" else ")"))
+    objective = ("the planner's objective" + (", the busiest rank's step total"
+                                              if pl.pass_ == "step" else "")
+                 if args.objective == "bytes" else "objective: predicted time")
+    print(f"max-rank recv + send      {_b(pl.max_rank_traffic_bytes)}   ({objective})")
     print(f"max-rank received bytes   {_b(pl.max_rank_recv_bytes)}")
     print(f"total received bytes      {_b(pl.total_recv_bytes)}")
     print(f"max-rank memory           {_b(pl.max_rank_memory_bytes)}")
@@ -121,6 +154,23 @@ def run(args: argparse.Namespace) -> int:
               f"busiest rank's recv + send = {_b(sep['separate_sum_bytes'])} = "
               f"{sep['ratio']:.3f}x the bound for passes run separately ({_b(sep['bytes'])}; "
               + ", ".join(f"{k} {v}" for k, v in parts.items()) + ")")
+    if "time" in payload:
+        t = payload["time"]
+        print(f"\npredicted step time {t['step_seconds'] * 1e3:.4g} ms on {t['machine']} "
+              f"({'overlap' if t['overlap'] else 'phases in sequence'}; busiest rank "
+              f"{t['busiest_rank']['rank']})")
+        if "time_search" in payload:
+            ts = payload["time_search"]
+            print(f"  bytes-optimal grid {ts['bytes_grid_text']}: "
+                  f"{ts['bytes_grid_step_seconds'] * 1e3:.4g} ms "
+                  f"({ts['speedup_over_bytes']:.3f}x the time-optimal); "
+                  f"{ts['evaluated']} of {ts['candidates']} grids predicted ("
+                  + ("exact search)" if ts["exact"] else "capped by --max-evaluations)"))
+        from ..timemodel import predict as _predict
+
+        print(table(time_rows(_predict(pl.spec, pl.grid, machine_from_args(args),
+                                       pass_=pl.pass_, overlap=args.overlap,
+                                       keep_window=pl.keep_window)), TIME_HEADER))
     rows = []
     for name, r in strategies.items():
         if r is None:

@@ -7,12 +7,16 @@ import argparse
 import sys
 
 from .common import (
+    TIME_HEADER,
     add_json_arg,
     add_layer_args,
+    add_machine_args,
     add_pass_args,
     emit_json,
+    machine_from_args,
     pass_spec_from_args,
     table,
+    time_rows,
 )
 
 
@@ -35,6 +39,7 @@ def register(subparsers) -> None:
                    help="skip the schedule-consistency check (bytes only; less memory)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     add_pass_args(p, "simulate")
+    add_machine_args(p)
     add_json_arg(p)
     p.set_defaults(func=run)
 
@@ -66,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     spec, pl = _resolve(args)
     grid = pl.grid
+    machine = machine_from_args(args)
 
     def progress(done: int, total: int) -> None:
         if args.quiet or total < 1024:
@@ -91,6 +97,16 @@ def run(args: argparse.Namespace) -> int:
     payload["matches_plan"] = matches_plan
     payload["keep_window"] = pl.keep_window
     payload["max_rank_memory_bytes"] = pl.max_rank_memory_bytes
+    pred = None
+    if machine is not None:
+        from ..timemodel import predict
+
+        pred = predict(spec, grid, machine, pass_=pl.pass_, overlap=args.overlap,
+                       keep_window=pl.keep_window)
+        payload["time"] = pred.to_dict()
+        payload["time"]["machine_description"] = machine.to_dict()
+        for entry in payload.get("ranks", []):
+            entry["predicted"] = pred.rank(entry["rank"])
     if args.json is not None:
         emit_json(args, payload)
     else:
@@ -114,6 +130,11 @@ def run(args: argparse.Namespace) -> int:
               f"equals the planner's per-rank bytes: {'yes' if matches_plan else 'NO'}")
         if not args.no_check:
             print("schedule consistent: " + ("yes" if sim.consistent else "NO"))
+        if pred is not None:
+            print(f"predicted step time {pred.step_seconds * 1e3:.4g} ms on {machine.name} "
+                  f"({'overlap' if pred.overlap else 'phases in sequence'}; busiest rank "
+                  f"{pred.busiest_rank})")
+            print(table(time_rows(pred), TIME_HEADER))
     for m in sim.mismatches:
         print(f"parconv simulate: schedule mismatch: {m}", file=sys.stderr)
     if not matches_plan:
