@@ -117,5 +117,5 @@ def test_net_run_cli_end_to_end_and_refusals(tmp_path, warm_numba):
         assert proc.stderr.count("parconv net run: error:") == 1, proc.stderr
         assert msg in proc.stderr, proc.stderr
     proc, _ = mpiexec(2, [*base, "--model", "resnet9"], 60)
-    assert proc.returncode == 2 and proc.stderr.count("invalid choice") == 1
+    assert proc.returncode == 2 and proc.stderr.count("unknown model") == 1
     assert Path(MPIEXEC).exists() and mpi_env()

@@ -119,7 +119,7 @@ class Exchange:
         (recv, send) bytes handed to MPI."""
         from mpi4py import MPI
 
-        from ..runtime.exchange import _collective
+        from ..runtime.exchange import Pending
 
         if self.keep_src is not None:
             dst[np.ix_(*self.keep_dst)] = src[np.ix_(*self.keep_src)]
@@ -135,8 +135,9 @@ class Exchange:
         sb = src.reshape(-1).view(np.uint8) if src.size else np.empty(0, np.uint8)
         rb = dst.reshape(-1).view(np.uint8) if dst.size else np.empty(0, np.uint8)
         bufs = ([sb, (sc, zero), st], [rb, (rc, zero), rt])
-        _collective(comm, f"{name} (Alltoallw)", lambda: comm.Alltoallw(*bufs),
-                    lambda: comm.Ialltoallw(*bufs))
+        # non-blocking and waited for (under the deadline when one is set)
+        Pending(comm, name, f"{name} (Alltoallw)", lambda: comm.Ialltoallw(*bufs),
+                keep=(sb, rb)).wait()
         return self.recv_bytes, self.send_bytes
 
     def free(self) -> None:
