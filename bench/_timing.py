@@ -59,6 +59,29 @@ def geomean(vals) -> float:
     return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else float("nan")
 
 
+def add_suite_args(ap) -> None:
+    """``--suite``, ``--batch``, ``--repeats``, ``--limit`` of an ``argparse`` parser."""
+    ap.add_argument("--suite", default="resnet50")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+
+
+def suite_shapes(args, names=None) -> tuple[list, list]:
+    """``(every layer, the distinct shapes to time)`` of ``args.suite`` at ``args.batch``:
+    the distinct shapes only of the layers named in ``names`` (when given), the first
+    ``args.limit`` of them (when set)."""
+    from parconv.layers import suite
+
+    layers = suite(args.suite, args.batch)
+    uniq = suite(args.suite, args.batch, unique=True)
+    if names is not None:
+        uniq = [s for s in uniq if s.name in names]
+    if args.limit:
+        uniq = uniq[:args.limit]
+    return layers, uniq
+
+
 def shape_key(s) -> tuple:
     """What makes two layers of a suite the same shape (timed once)."""
     return (s.C, s.K, s.in_size, s.kernel, s.stride, s.padding)

@@ -26,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from _timing import (  # noqa: E402
+    add_suite_args,
     best_of_interleaved,
     command,
     geomean,
@@ -34,6 +35,7 @@ from _timing import (  # noqa: E402
     pin_threads,
     shape_key,
     shape_label,
+    suite_shapes,
     total_times,
     write_results,
 )
@@ -43,7 +45,6 @@ pin_threads()
 import numpy as np  # noqa: E402
 
 from parconv import conv2d_grad_input, conv2d_grad_weight  # noqa: E402
-from parconv.layers import suite  # noqa: E402
 
 KINDS = ("dgrad", "wgrad")
 
@@ -84,10 +85,7 @@ def bench_shape(torch, spec, repeats: int, check: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--only", default="", help="comma-separated layer names (e.g. conv1)")
     ap.add_argument("--no-check", action="store_true", help="skip the check against torch")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "backward_kernels"))
@@ -98,13 +96,8 @@ def main(argv=None) -> int:
         print("bench_backward_kernels needs PyTorch (CPU): pip install torch", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.only:
-        names = {f"{args.suite}/{n}" for n in args.only.split(",")}
-        uniq = [s for s in uniq if s.name in names]
-    if args.limit:
-        uniq = uniq[:args.limit]
+    names = {f"{args.suite}/{n}" for n in args.only.split(",")} if args.only else None
+    layers, uniq = suite_shapes(args, names)
     load_before = os.getloadavg()
     t0 = time.time()
     shapes = {}

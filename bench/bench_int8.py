@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
+    add_suite_args,
     best_of_interleaved,
     command,
     geomean,
@@ -40,6 +41,7 @@ from _timing import (  # noqa: E402
     pin_threads,
     shape_key,
     shape_label,
+    suite_shapes,
     total_times,
     write_results,
 )
@@ -47,11 +49,10 @@ from _timing import (  # noqa: E402
 pin_threads()
 
 import numpy as np  # noqa: E402
-from bench_kernels import torch, torch_quantized  # noqa: E402
+from bench_kernels import add_torch_runs, torch  # noqa: E402
 
 from parconv import conv2d  # noqa: E402
 from parconv.kernels import simd_supported, warmup  # noqa: E402
-from parconv.layers import suite  # noqa: E402
 from parconv.reference import conv2d_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,13 +71,7 @@ def bench_shape(spec, repeats: int) -> dict:
         "parconv_i8_simd": lambda: conv2d(x8, w8, st, pad, int_kernel="simd"),
         "parconv_i8_float": lambda: conv2d(x8, w8, st, pad, int_kernel="float"),
     }
-    engine = None
-    if torch is not None:
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, st, pad)
-        qrun, engine = torch_quantized(x8, w8, st, pad)
-        if qrun is not None:
-            runs["torch_q8"] = qrun
+    engine = add_torch_runs(runs, x, w, x8, w8, st, pad)
     best, best_cpu = best_of_interleaved(runs, repeats)
     ops = 2 * spec.macs
     g = {k: ops / v / 1e9 for k, v in best_cpu.items()}
@@ -99,19 +94,13 @@ def bench_shape(spec, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8"))
     args = ap.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(1)
     warm = warmup()
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.limit:
-        uniq = uniq[:args.limit]
+    layers, uniq = suite_shapes(args)
     load_before = os.getloadavg()
     t0 = time.time()
     shapes = {}

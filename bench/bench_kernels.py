@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _timing import (  # noqa: E402
+    add_suite_args,
     best_of_interleaved,
     command,
     geomean,
@@ -40,6 +41,7 @@ from _timing import (  # noqa: E402
     pin_threads,
     shape_key,
     shape_label,
+    suite_shapes,
     total_times,
     write_results,
 )
@@ -49,7 +51,6 @@ pin_threads()
 import numpy as np  # noqa: E402
 
 from parconv import conv2d  # noqa: E402
-from parconv.layers import suite  # noqa: E402
 from parconv.reference import conv2d_reference  # noqa: E402
 
 try:
@@ -125,6 +126,20 @@ def torch_quantized(x8: np.ndarray, w8: np.ndarray, stride, padding):
         return None, None
 
 
+def add_torch_runs(runs: dict, x, w, x8, w8, stride, padding) -> str | None:
+    """Add ``torch_f32`` (oneDNN) and, where available, ``torch_q8`` (quantized conv) on
+    the same operands to ``runs``; the quantized engine's name, or None (also without
+    PyTorch)."""
+    if torch is None:
+        return None
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, stride, padding)
+    qrun, engine = torch_quantized(x8, w8, stride, padding)
+    if qrun is not None:
+        runs["torch_q8"] = qrun
+    return engine
+
+
 def bench_shape(spec, repeats: int, check: bool) -> dict:
     rng = np.random.default_rng(0)
     B, C, K = spec.B, spec.C, spec.K
@@ -138,14 +153,7 @@ def bench_shape(spec, repeats: int, check: bool) -> dict:
         "parconv_i8": lambda: conv2d(x8, w8, st, pad),
         "numpy_im2col": lambda: im2col_numpy(x, w, st, pad),
     }
-    if torch is not None:
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, st, pad)
-        qrun, engine = torch_quantized(x8, w8, st, pad)
-        if qrun is not None:
-            runs["torch_q8"] = qrun
-    else:
-        engine = None
+    engine = add_torch_runs(runs, x, w, x8, w8, st, pad)
     best, best_cpu = best_of_interleaved(runs, repeats)
     flops = 2 * spec.macs
     res = {"shape": shape_label(spec),
@@ -176,19 +184,13 @@ def bench_shape(spec, repeats: int, check: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kernels"))
     args = ap.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(1)
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.limit:
-        uniq = uniq[:args.limit]
+    layers, uniq = suite_shapes(args)
     load_before = os.getloadavg()
     t0 = time.time()
     comp = compile_times()
