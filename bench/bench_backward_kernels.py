@@ -17,25 +17,34 @@ benchmark-only dependency and required here.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from _timing import (  # noqa: E402
+    add_suite_args,
+    best_of_interleaved,
+    command,
+    geomean,
+    layer_rows,
+    machine_meta,
+    pin_threads,
+    shape_key,
+    shape_label,
+    suite_shapes,
+    total_times,
+    write_results,
+)
+
+pin_threads()
 
 import numpy as np  # noqa: E402
 
 from parconv import conv2d_grad_input, conv2d_grad_weight  # noqa: E402
-from parconv.layers import suite  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from bench_kernels import _cpu, _time, geomean  # noqa: E402
 
 KINDS = ("dgrad", "wgrad")
 
@@ -58,18 +67,9 @@ def bench_shape(torch, spec, repeats: int, check: bool) -> dict:
         "parconv_wgrad": lambda: conv2d_grad_weight(x, g, w.shape, st, pad),
         "torch_wgrad": lambda: torch_bwd([False, True, False])[1],
     }
-    for fn in runs.values():
-        fn()   # warm-up: compilation, allocator, oneDNN primitive cache
-    best = dict.fromkeys(runs, float("inf"))
-    best_cpu = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            wall, cpu = _time(fn)
-            best[name] = min(best[name], wall)
-            best_cpu[name] = min(best_cpu[name], cpu)
+    best, best_cpu = best_of_interleaved(runs, repeats)
     flops = 2 * spec.macs
-    res = {"shape": f"C{spec.C} K{spec.K} {spec.in_size[0]}x{spec.in_size[1]} "
-                    f"{spec.R}x{spec.S}/{st[0]} p{pad[0]}",
+    res = {"shape": shape_label(spec),
            "flops": flops, "times_s": best_cpu, "wall_times_s": best,
            "gflops": {k: flops / v / 1e9 for k, v in best_cpu.items()}}
     for kind in KINDS:
@@ -85,10 +85,7 @@ def bench_shape(torch, spec, repeats: int, check: bool) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--only", default="", help="comma-separated layer names (e.g. conv1)")
     ap.add_argument("--no-check", action="store_true", help="skip the check against torch")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "backward_kernels"))
@@ -99,27 +96,19 @@ def main(argv=None) -> int:
         print("bench_backward_kernels needs PyTorch (CPU): pip install torch", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.only:
-        names = {f"{args.suite}/{n}" for n in args.only.split(",")}
-        uniq = [s for s in uniq if s.name in names]
-    if args.limit:
-        uniq = uniq[:args.limit]
-
-    def key(s):
-        return (s.C, s.K, s.in_size, s.kernel, s.stride, s.padding)
+    names = {f"{args.suite}/{n}" for n in args.only.split(",")} if args.only else None
+    layers, uniq = suite_shapes(args, names)
     load_before = os.getloadavg()
     t0 = time.time()
     shapes = {}
     for spec in uniq:
-        shapes[key(spec)] = r = bench_shape(torch, spec, args.repeats, not args.no_check)
+        shapes[shape_key(spec)] = r = bench_shape(torch, spec, args.repeats, not args.no_check)
         gf = r["gflops"]
         print(f"{spec.name:32s} {r['shape']:28s} dgrad {gf['parconv_dgrad']:6.1f} / "
               f"{gf['torch_dgrad']:6.1f} = {r['ratio_dgrad']:5.2f}   wgrad "
               f"{gf['parconv_wgrad']:6.1f} / {gf['torch_wgrad']:6.1f} = {r['ratio_wgrad']:5.2f}",
               flush=True)
-    rows = [dict(layer=s.name, **shapes[key(s)]) for s in layers if key(s) in shapes]
+    rows = layer_rows(layers, shapes)
     summary = {"layers": len(rows), "distinct_shapes": len(shapes)}
     for kind in KINDS:
         for suffix in ("", "_wall"):
@@ -130,21 +119,13 @@ def main(argv=None) -> int:
                 rows, key=lambda r, k=f"ratio_{kind}{suffix}": r[k])["layer"]
         if not args.no_check:
             summary[f"max_rel_err_{kind}"] = max(r[f"max_rel_err_{kind}"] for r in rows)
-    summary["total_time_s"] = {k: sum(r["times_s"][k] for r in rows) for k in rows[0]["times_s"]}
-    cmd = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 " \
-          ".venv/bin/python bench/bench_backward_kernels.py " + \
-          " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"command": cmd.strip(), "cpu": _cpu(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "batch": args.batch, "suite": args.suite,
+    summary["total_time_s"] = total_times(rows)
+    meta = {**machine_meta(command("bench_backward_kernels.py", argv), torch),
+            "batch": args.batch, "suite": args.suite,
             "repeats": args.repeats, "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(), "wall_s": time.time() - t0,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "summary": summary,
-                                                    "layers": rows}, indent=1))
-    Path(args.out + ".md").write_text(render_md(meta, summary, rows))
-    print(json.dumps(summary, indent=1))
+    write_results(args.out, meta, summary, rows, render_md)
     return 0
 
 

@@ -24,25 +24,35 @@ Writes ``bench/results/int8.json`` and ``bench/results/int8.md``. PyTorch is opt
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import (  # noqa: E402
+    add_suite_args,
+    best_of_interleaved,
+    command,
+    geomean,
+    layer_rows,
+    machine_meta,
+    pin_threads,
+    shape_key,
+    shape_label,
+    suite_shapes,
+    total_times,
+    write_results,
+)
+
+pin_threads()
 
 import numpy as np  # noqa: E402
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import _cpu, _time, geomean, torch, torch_quantized  # noqa: E402
+from bench_kernels import add_torch_runs, torch  # noqa: E402
 
 from parconv import conv2d  # noqa: E402
 from parconv.kernels import simd_supported, warmup  # noqa: E402
-from parconv.layers import suite  # noqa: E402
 from parconv.reference import conv2d_reference  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,22 +71,8 @@ def bench_shape(spec, repeats: int) -> dict:
         "parconv_i8_simd": lambda: conv2d(x8, w8, st, pad, int_kernel="simd"),
         "parconv_i8_float": lambda: conv2d(x8, w8, st, pad, int_kernel="float"),
     }
-    engine = None
-    if torch is not None:
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, st, pad)
-        qrun, engine = torch_quantized(x8, w8, st, pad)
-        if qrun is not None:
-            runs["torch_q8"] = qrun
-    for fn in runs.values():
-        fn()   # warm-up
-    best = dict.fromkeys(runs, float("inf"))
-    best_cpu = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            wall, cpu = _time(fn)
-            best[name] = min(best[name], wall)
-            best_cpu[name] = min(best_cpu[name], cpu)
+    engine = add_torch_runs(runs, x, w, x8, w8, st, pad)
+    best, best_cpu = best_of_interleaved(runs, repeats)
     ops = 2 * spec.macs
     g = {k: ops / v / 1e9 for k, v in best_cpu.items()}
     gw = {k: ops / v / 1e9 for k, v in best.items()}
@@ -84,8 +80,7 @@ def bench_shape(spec, repeats: int) -> dict:
     exact = bool(np.array_equal(conv2d(x8[first], w8, st, pad, int_kernel="simd"),
                                 conv2d_reference(x8[first], w8, st, pad, out_dtype="int32")))
     return {
-        "shape": f"C{spec.C} K{spec.K} {spec.in_size[0]}x{spec.in_size[1]} "
-                 f"{spec.R}x{spec.S}/{st[0]} p{pad[0]}",
+        "shape": shape_label(spec),
         "ops": ops, "times_s": best_cpu, "wall_times_s": best, "gops": g, "gops_wall": gw,
         "ratio_simd_f32": g["parconv_i8_simd"] / g["parconv_f32"],
         "ratio_simd_f32_wall": gw["parconv_i8_simd"] / gw["parconv_f32"],
@@ -99,34 +94,25 @@ def bench_shape(spec, repeats: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "int8"))
     args = ap.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(1)
     warm = warmup()
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.limit:
-        uniq = uniq[:args.limit]
-
-    def key(s):
-        return (s.C, s.K, s.in_size, s.kernel, s.stride, s.padding)
+    layers, uniq = suite_shapes(args)
     load_before = os.getloadavg()
     t0 = time.time()
     shapes = {}
     for spec in uniq:
-        shapes[key(spec)] = r = bench_shape(spec, args.repeats)
+        shapes[shape_key(spec)] = r = bench_shape(spec, args.repeats)
         g = r["gops"]
         print(f"{spec.name:32s} {r['shape']:28s} f32 {g['parconv_f32']:6.1f} "
               f"i8 simd {g['parconv_i8_simd']:6.1f} ({r['ratio_simd_f32']:4.2f}) "
               f"i8 float {g['parconv_i8_float']:6.1f} torch f32 "
               f"{g.get('torch_f32', float('nan')):6.1f} fbgemm "
               f"{g.get('torch_q8', float('nan')):6.1f} exact {r['int8_exact_b0']}", flush=True)
-    rows = [dict(layer=s.name, **shapes[key(s)]) for s in layers if key(s) in shapes]
+    rows = layer_rows(layers, shapes)
 
     def stat(name):
         vals = [r[name] for r in rows if r[name]]
@@ -140,23 +126,14 @@ def main(argv=None) -> int:
     for name in ("ratio_simd_f32", "ratio_simd_f32_wall", "ratio_float_i8_f32",
                  "ratio_fbgemm_torch_f32", "ratio_simd_fbgemm"):
         summary[f"geomean_{name}"], summary[f"min_{name}"] = stat(name)
-    summary["total_time_s"] = {k: sum(r["times_s"][k] for r in rows) for k in rows[0]["times_s"]}
+    summary["total_time_s"] = total_times(rows)
     summary["geomean_gops"] = {k: geomean(r["gops"][k] for r in rows) for k in rows[0]["gops"]}
-    cmd = ("OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 "
-           ".venv/bin/python bench/bench_int8.py "
-           + " ".join(argv if argv is not None else sys.argv[1:])).strip()
-    meta = {"command": cmd, "cpu": _cpu(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__ if torch is not None else None,
+    meta = {**machine_meta(command("bench_int8.py", argv), torch),
             "simd_supported": simd_supported(), "batch": args.batch, "suite": args.suite,
             "repeats": args.repeats, "loadavg_before": load_before,
             "loadavg_after": os.getloadavg(), "wall_s": time.time() - t0, "warmup_s": warm,
             "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "summary": summary,
-                                                    "layers": rows}, indent=1))
-    Path(args.out + ".md").write_text(render_md(meta, summary, rows))
-    print(json.dumps(summary, indent=1))
+    write_results(args.out, meta, summary, rows, render_md)
     return 0
 
 

@@ -21,10 +21,8 @@ optional (columns left empty without it).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -32,13 +30,27 @@ import time
 import tracemalloc
 from pathlib import Path
 
-for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import (  # noqa: E402
+    add_suite_args,
+    best_of_interleaved,
+    command,
+    geomean,
+    layer_rows,
+    machine_meta,
+    pin_threads,
+    shape_key,
+    shape_label,
+    suite_shapes,
+    total_times,
+    write_results,
+)
+
+pin_threads()
 
 import numpy as np  # noqa: E402
 
 from parconv import conv2d  # noqa: E402
-from parconv.layers import suite  # noqa: E402
 from parconv.reference import conv2d_reference  # noqa: E402
 
 try:
@@ -59,15 +71,6 @@ def im2col_numpy(x: np.ndarray, w: np.ndarray, stride, padding) -> np.ndarray:
     H, W = win.shape[2:4]
     cols = np.ascontiguousarray(win.transpose(0, 1, 4, 5, 2, 3)).reshape(B, C * R * S, H * W)
     return np.matmul(w.reshape(K, C * R * S), cols).reshape(B, K, H, W)
-
-
-def _time(fn) -> tuple[float, float]:
-    """(wall seconds, CPU seconds of this thread) of one call; every implementation runs
-    single-threaded in the calling thread, so thread CPU time is its compute time without
-    the time it spent descheduled by other processes."""
-    c0, t0 = time.thread_time(), time.perf_counter()
-    fn()
-    return time.perf_counter() - t0, time.thread_time() - c0
 
 
 def extra_memory(fn) -> int:
@@ -123,6 +126,20 @@ def torch_quantized(x8: np.ndarray, w8: np.ndarray, stride, padding):
         return None, None
 
 
+def add_torch_runs(runs: dict, x, w, x8, w8, stride, padding) -> str | None:
+    """Add ``torch_f32`` (oneDNN) and, where available, ``torch_q8`` (quantized conv) on
+    the same operands to ``runs``; the quantized engine's name, or None (also without
+    PyTorch)."""
+    if torch is None:
+        return None
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, stride, padding)
+    qrun, engine = torch_quantized(x8, w8, stride, padding)
+    if qrun is not None:
+        runs["torch_q8"] = qrun
+    return engine
+
+
 def bench_shape(spec, repeats: int, check: bool) -> dict:
     rng = np.random.default_rng(0)
     B, C, K = spec.B, spec.C, spec.K
@@ -136,26 +153,10 @@ def bench_shape(spec, repeats: int, check: bool) -> dict:
         "parconv_i8": lambda: conv2d(x8, w8, st, pad),
         "numpy_im2col": lambda: im2col_numpy(x, w, st, pad),
     }
-    if torch is not None:
-        tx, tw = torch.from_numpy(x), torch.from_numpy(w)
-        runs["torch_f32"] = lambda: torch.nn.functional.conv2d(tx, tw, None, st, pad)
-        qrun, engine = torch_quantized(x8, w8, st, pad)
-        if qrun is not None:
-            runs["torch_q8"] = qrun
-    else:
-        engine = None
-    for fn in runs.values():
-        fn()  # warm-up (compilation, allocator, oneDNN primitive cache)
-    best = dict.fromkeys(runs, float("inf"))
-    best_cpu = dict.fromkeys(runs, float("inf"))
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            wall, cpu = _time(fn)
-            best[name] = min(best[name], wall)
-            best_cpu[name] = min(best_cpu[name], cpu)
+    engine = add_torch_runs(runs, x, w, x8, w8, st, pad)
+    best, best_cpu = best_of_interleaved(runs, repeats)
     flops = 2 * spec.macs
-    res = {"shape": f"C{C} K{K} {spec.in_size[0]}x{spec.in_size[1]} "
-                    f"{spec.R}x{spec.S}/{st[0]} p{pad[0]}",
+    res = {"shape": shape_label(spec),
            "flops": flops, "times_s": best_cpu, "wall_times_s": best,
            "gflops": {k: flops / v / 1e9 for k, v in best_cpu.items()},
            "gflops_wall": {k: flops / v / 1e9 for k, v in best.items()}}
@@ -181,41 +182,27 @@ def bench_shape(spec, repeats: int, check: bool) -> dict:
     return res
 
 
-def geomean(vals) -> float:
-    vals = [v for v in vals if v]
-    return float(math.exp(sum(math.log(v) for v in vals) / len(vals))) if vals else float("nan")
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--suite", default="resnet50")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=0, help="only the first N distinct shapes")
+    add_suite_args(ap)
     ap.add_argument("--no-check", action="store_true", help="skip the correctness check")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "kernels"))
     args = ap.parse_args(argv)
     if torch is not None:
         torch.set_num_threads(1)
-    layers = suite(args.suite, args.batch)
-    uniq = suite(args.suite, args.batch, unique=True)
-    if args.limit:
-        uniq = uniq[:args.limit]
-
-    def key(s):
-        return (s.C, s.K, s.in_size, s.kernel, s.stride, s.padding)
+    layers, uniq = suite_shapes(args)
     load_before = os.getloadavg()
     t0 = time.time()
     comp = compile_times()
     shapes = {}
     for spec in uniq:
-        shapes[key(spec)] = r = bench_shape(spec, args.repeats, not args.no_check)
+        shapes[shape_key(spec)] = r = bench_shape(spec, args.repeats, not args.no_check)
         g = r["gflops"]
         print(f"{spec.name:32s} {r['shape']:28s} f32 {g['parconv_f32']:6.1f} "
               f"torch {g.get('torch_f32', float('nan')):6.1f} ratio {r['ratio_torch'] or 0:5.2f} "
               f"i8 {g['parconv_i8']:6.1f} ({r['ratio_i8_f32']:4.2f}) "
               f"im2col {g['numpy_im2col']:6.1f}", flush=True)
-    rows = [dict(layer=s.name, **shapes[key(s)]) for s in layers if key(s) in shapes]
+    rows = layer_rows(layers, shapes)
     summary = {
         "layers": len(rows), "distinct_shapes": len(shapes),
         "geomean_ratio_torch": geomean(r["ratio_torch"] for r in rows),
@@ -228,32 +215,14 @@ def main(argv=None) -> int:
         "min_ratio_i8_f32": min(r["ratio_i8_f32"] for r in rows),
         "max_extra_over_output_f32": max(r["extra_bytes_f32"] / r["output_bytes"] for r in rows),
         "max_extra_over_output_i8": max(r["extra_bytes_i8"] / r["output_bytes"] for r in rows),
-        "total_time_s": {k: sum(r["times_s"][k] for r in rows) for k in rows[0]["times_s"]},
+        "total_time_s": total_times(rows),
     }
-    cmd = "OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1 " \
-          ".venv/bin/python bench/bench_kernels.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    meta = {"command": cmd.strip(), "cpu": _cpu(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__ if torch is not None else None,
+    meta = {**machine_meta(command("bench_kernels.py", argv), torch),
             "batch": args.batch, "suite": args.suite, "repeats": args.repeats,
             "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
             "wall_s": time.time() - t0, "compile": comp}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out + ".json").write_text(json.dumps({"meta": meta, "summary": summary,
-                                                    "layers": rows}, indent=1))
-    Path(args.out + ".md").write_text(render_md(meta, summary, rows))
-    print(json.dumps(summary, indent=1))
+    write_results(args.out, meta, summary, rows, render_md)
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def render_md(meta, summary, rows) -> str:

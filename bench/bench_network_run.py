@@ -34,48 +34,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent
 MPIEXEC = str(Path(sys.executable).parent / "mpiexec")
-
-
-def torch_resnet18(torch):
-    """ResNet-18 from torch.nn with torchvision's module names (no torchvision)."""
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1, self.relu = nn.BatchNorm2d(cout), nn.ReLU()
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class Net(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1, self.relu = nn.BatchNorm2d(64), nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            for i, c in enumerate((64, 128, 256, 512), start=1):
-                setattr(self, f"layer{i}", nn.Sequential(Block(cin, c, 1 if i == 1 else 2),
-                                                         Block(c, c, 1)))
-                cin = c
-            self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(512, 1000)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            for i in range(1, 5):
-                x = getattr(self, f"layer{i}")(x)
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    return Net()
+sys.path.insert(0, str(ROOT.parent / "tests"))   # the hand-built torch ResNet-18
+from torch_resnet import load_numpy_weights, torch_resnet18  # noqa: E402
 
 
 def torch_time(p: int, batch: int, image: int, repeat: int) -> dict:
@@ -88,8 +48,7 @@ def torch_time(p: int, batch: int, image: int, repeat: int) -> dict:
     torch.set_num_threads(p)
     w = seeded_weights(build("resnet18", image), 0)
     net = torch_resnet18(torch).eval()
-    sd = net.state_dict()
-    net.load_state_dict({k: torch.from_numpy(w[k]) if k in w else v for k, v in sd.items()})
+    load_numpy_weights(torch, net, w)
     x = torch.from_numpy(seeded_input((batch, 3, image, image), 0))
     times = []
     with torch.inference_mode():

@@ -274,12 +274,21 @@ def _weighted_segment_bound(c: Counts, gw: float, m_bits: float,
     total = sum(_caps_bits(c))
     if gw <= 0 or total <= 0:
         return 0.0, 0.0
+    return _segment_sup(lambda t: _max_sqrt_ifo(c, resident * m_bits + t), gw, c.p_max,
+                        total)
+
+
+def _segment_sup(work, g: float, p_max: float, span: float) -> tuple[float, float]:
+    """``(sup_T (T − p_max)·(g / U(T) − 1), its T)`` on a grid of ``T = p_max + t``,
+    ``t`` geometric over ``[1, max(span, 2)]`` (400 points), refined twice around the best
+    (41 points); ``work(T)`` = U(T) (vectorised), taken 1e-12 relatively high. Every grid
+    point is a valid ``T``, so the value is a valid bound."""
     best, best_t = 0.0, 0.0
-    tt = np.geomspace(1.0, max(total, 2.0), 400)
+    tt = np.geomspace(1.0, max(span, 2.0), 400)
     for _ in range(3):
-        t = tt + c.p_max
-        u = _max_sqrt_ifo(c, resident * m_bits + t) * (1.0 + 1e-12)
-        val = (t - c.p_max) * (gw / u - 1.0)
+        t = tt + p_max
+        u = work(t) * (1.0 + 1e-12)
+        val = (t - p_max) * (g / u - 1.0)
         k = int(np.argmax(val))
         if val[k] > best:
             best, best_t = float(val[k]), float(t[k])
@@ -596,18 +605,8 @@ def _union_segment_bound(factors, g_union: float, m_bits: float, p_max: float,
     """sup_T (T − p_max)·(g_union / U(2M + T) − 1) on a grid of T (every point valid)."""
     if g_union <= 0:
         return 0.0, 0.0
-    best, best_t = 0.0, 0.0
-    tt = np.geomspace(1.0, max(cap_bits, 2.0), 400)
-    for _ in range(3):
-        t = tt + p_max
-        u = _union_max_work(factors, 2.0 * m_bits + t) * (1.0 + 1e-12)
-        val = (t - p_max) * (g_union / u - 1.0)
-        k = int(np.argmax(val))
-        if val[k] > best:
-            best, best_t = float(val[k]), float(t[k])
-        lo, hi = tt[max(k - 1, 0)], tt[min(k + 1, tt.size - 1)]
-        tt = np.geomspace(lo, hi, 41) if hi > lo else tt
-    return best, best_t
+    return _segment_sup(lambda t: _union_max_work(factors, 2.0 * m_bits + t), g_union, p_max,
+                        cap_bits)
 
 
 def _union_min_footprint(factors, v: float) -> tuple[float, str]:

@@ -11,7 +11,7 @@ import numpy as np
 
 from . import dtypes
 from .kernels import accumulator_dtype, conv2d_window, int32_safe_reduction
-from .kernels.backward import dgrad_window, training_accumulator, wgrad_window
+from .kernels.backward import _arrays4, dgrad_window, training_accumulator, wgrad_window
 from .kernels.window import _pair
 
 
@@ -73,20 +73,8 @@ def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=
         if size < 1:
             raise ValueError(f"{name} must be >= 1, got {size}")
     acc = accumulator_dtype(input.dtype, weight.dtype)
-    sh, sw = _pair("stride", stride)
-    ph, pw = _pair("padding", padding)
-    dh, dw = _pair("dilation", dilation)
-    if min(sh, sw) < 1:
-        raise ValueError(f"stride must be >= 1, got {(sh, sw)}")
-    if min(dh, dw) < 1:
-        raise ValueError(f"dilation must be >= 1, got {(dh, dw)}")
-    if min(ph, pw) < 0:
-        raise ValueError(f"padding must be >= 0, got {(ph, pw)}")
-    H = (Hin + 2 * ph - dh * (R - 1) - 1) // sh + 1
-    W = (Win + 2 * pw - dw * (S - 1) - 1) // sw + 1
-    if H < 1 or W < 1:
-        raise ValueError(f"empty output {H}x{W}: input {Hin}x{Win} with padding {(ph, pw)} is "
-                         f"smaller than the dilated kernel {dh * (R - 1) + 1}x{dw * (S - 1) + 1}")
+    (sh, sw), (ph, pw), (dh, dw) = geometry = _geometry(stride, padding, dilation)
+    H, W = _output_size(Hin, Win, R, S, *geometry)
     if out_dtype is None:
         out_dt = acc
     else:
@@ -109,7 +97,8 @@ def conv2d(input: np.ndarray, weight: np.ndarray, stride=1, padding=0, dilation=
     return out if out_dt == acc else out.astype(out_dt)
 
 
-def _backward_geometry(stride, padding, dilation):
+def _geometry(stride, padding, dilation):
+    """``((sh, sw), (ph, pw), (dh, dw))`` of the public arguments, validated."""
     sh, sw = _pair("stride", stride)
     ph, pw = _pair("padding", padding)
     dh, dw = _pair("dilation", dilation)
@@ -122,25 +111,24 @@ def _backward_geometry(stride, padding, dilation):
     return (sh, sw), (ph, pw), (dh, dw)
 
 
-def _check_grad_out(grad_output: np.ndarray, B: int, K: int, Hin: int, Win: int, R: int,
-                    S: int, stride, padding, dilation) -> None:
+def _output_size(Hin: int, Win: int, R: int, S: int, stride, padding,
+                 dilation) -> tuple[int, int]:
+    """``(H, W)`` of the forward output; refuses an empty one."""
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     H = (Hin + 2 * ph - dh * (R - 1) - 1) // sh + 1
     W = (Win + 2 * pw - dw * (S - 1) - 1) // sw + 1
     if H < 1 or W < 1:
         raise ValueError(f"empty output {H}x{W}: input {Hin}x{Win} with padding {(ph, pw)} is "
                          f"smaller than the dilated kernel {dh * (R - 1) + 1}x{dw * (S - 1) + 1}")
+    return H, W
+
+
+def _check_grad_out(grad_output: np.ndarray, B: int, K: int, Hin: int, Win: int, R: int,
+                    S: int, stride, padding, dilation) -> None:
+    H, W = _output_size(Hin, Win, R, S, stride, padding, dilation)
     if grad_output.shape != (B, K, H, W):
         raise ValueError(f"grad_output has shape {grad_output.shape}; the forward output of "
                          f"this layer is {(B, K, H, W)}")
-
-
-def _check_4d(**arrays) -> None:
-    for name, arr in arrays.items():
-        if not isinstance(arr, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(arr).__name__}")
-        if arr.ndim != 4:
-            raise ValueError(f"{name} must be 4-D, got shape {arr.shape}")
 
 
 def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
@@ -174,7 +162,7 @@ def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
         Integer operands (training is float only), shape mismatches (``grad_output`` not
         the forward output shape), bad stride/padding/dilation.
     """
-    _check_4d(grad_output=grad_output, weight=weight)
+    _arrays4(grad_output=grad_output, weight=weight)
     try:
         B, C, Hin, Win = (int(v) for v in input_shape)
     except (TypeError, ValueError):
@@ -186,7 +174,7 @@ def conv2d_grad_input(grad_output: np.ndarray, weight: np.ndarray, input_shape,
     acc = training_accumulator(grad_output.dtype, weight.dtype, "conv2d_grad_input")
     if min(B, C, K, R, S, Hin, Win) < 1:
         raise ValueError(f"empty operand: input_shape {(B, C, Hin, Win)}, weight {weight.shape}")
-    st, pad, dil = _backward_geometry(stride, padding, dilation)
+    st, pad, dil = _geometry(stride, padding, dilation)
     _check_grad_out(grad_output, B, K, Hin, Win, R, S, st, pad, dil)
     out = np.empty((B, C, Hin, Win), dtype=acc)
     dgrad_window(grad_output, weight, out, st, dil, (-pad[0], -pad[1]), False, threads)
@@ -220,7 +208,7 @@ def conv2d_grad_weight(input: np.ndarray, grad_output: np.ndarray, kernel_size,
     ValueError
         Integer operands (training is float only), shape mismatches, bad parameters.
     """
-    _check_4d(input=input, grad_output=grad_output)
+    _arrays4(input=input, grad_output=grad_output)
     B, C, Hin, Win = input.shape
     K = grad_output.shape[1]
     ks = (kernel_size, kernel_size) if np.ndim(kernel_size) == 0 else tuple(kernel_size)
@@ -234,7 +222,7 @@ def conv2d_grad_weight(input: np.ndarray, grad_output: np.ndarray, kernel_size,
     if min(B, C, K, R, S, Hin, Win) < 1:
         raise ValueError(f"empty operand: input {input.shape}, grad_output "
                          f"{grad_output.shape}, kernel {(R, S)}")
-    st, pad, dil = _backward_geometry(stride, padding, dilation)
+    st, pad, dil = _geometry(stride, padding, dilation)
     _check_grad_out(grad_output, B, K, Hin, Win, R, S, st, pad, dil)
     out = np.empty((K, C, R, S), dtype=acc)
     wgrad_window(input, grad_output, out, st, dil, (-pad[0], -pad[1]), False, threads)

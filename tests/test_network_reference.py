@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +33,9 @@ from parconv.network.weights import (
     seeded_weights,
 )
 from parconv.plan import candidate_grids
+
+sys.path.insert(0, str(Path(__file__).parent))
+from torch_resnet import load_numpy_weights, torch_resnet18  # noqa: E402
 
 
 # -- weights ---------------------------------------------------------------------------------
@@ -106,59 +111,14 @@ def test_integer_precision_is_refused_for_networks():
 
 
 # -- the reference against PyTorch ------------------------------------------------------------
-def _torch_resnet18(torch):
-    nn = torch.nn
-
-    class Block(nn.Module):
-        def __init__(self, cin, cout, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(cout)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(cout)
-            self.downsample = None
-            if stride != 1 or cin != cout:
-                self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                                nn.BatchNorm2d(cout))
-
-        def forward(self, x):
-            y = self.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            return self.relu(y + (x if self.downsample is None else self.downsample(x)))
-
-    class ResNet18(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            cin = 64
-            for i, c in enumerate((64, 128, 256, 512), start=1):
-                s = 1 if i == 1 else 2
-                setattr(self, f"layer{i}", nn.Sequential(Block(cin, c, s), Block(c, c, 1)))
-                cin = c
-            self.avgpool = nn.AdaptiveAvgPool2d(1)
-            self.fc = nn.Linear(512, 1000)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            for i in range(1, 5):
-                x = getattr(self, f"layer{i}")(x)
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    return ResNet18()
-
-
 def test_reference_resnet18_matches_torch():
     torch = pytest.importorskip("torch")
     g = build("resnet18", 64)
     w = seeded_weights(g, 0)
-    net = _torch_resnet18(torch).eval()
+    net = torch_resnet18(torch).eval()
     sd = net.state_dict()
     assert {k for k in sd if not k.endswith("num_batches_tracked")} == set(w)
-    net.load_state_dict({k: torch.from_numpy(w[k]) if k in w else v for k, v in sd.items()})
+    load_numpy_weights(torch, net, w)
     x = seeded_input((2, 3, 64, 64), 0)
     with torch.no_grad():
         want = net(torch.from_numpy(x)).numpy()

@@ -266,6 +266,17 @@ def run_command(args: argparse.Namespace) -> int:
         from ..runtime.deadline import DeadlineComm
 
         comm = DeadlineComm(comm, args.timeout)
+
+    def conclude(entries, verdict) -> int:
+        """Collective: every rank learns rank 0's verdict; rank 0 reports. The exit code."""
+        ok = comm.bcast(None if verdict is None else verdict.ok, root=0)
+        if rank == 0:
+            _report(args, spec, the_plan, source, entries, verdict, limit)
+            if verdict is not None and not verdict.ok:
+                print(f"parconv run: error: verification failed: {verdict.message}",
+                      file=sys.stderr, flush=True)
+        return 0 if ok in (None, True) else 1
+
     with abort_on_exception(comm):
         say(f"{spec.describe()}")
         say(f"{size} ranks, grid {grid} (b x k x c x h x w, {source})")
@@ -281,14 +292,7 @@ def run_command(args: argparse.Namespace) -> int:
         compile_s = _warm_kernel(spec) if args.offload == "none" else 0.0
         if args.pass_ != "forward":
             entry, verdict = _run_training(args, spec, grid, comm, compile_s, save_path, say)
-            entries = comm.gather(entry, root=0)
-            ok = comm.bcast(None if verdict is None else verdict.ok, root=0)
-            if rank == 0:
-                _report(args, spec, the_plan, source, entries, verdict, limit)
-                if verdict is not None and not verdict.ok:
-                    print(f"parconv run: error: verification failed: {verdict.message}",
-                          file=sys.stderr, flush=True)
-            return 0 if ok in (None, True) else 1
+            return conclude(comm.gather(entry, root=0), verdict)
         x, w = seeded_operands_local(spec, grid, rank, args.seed)
         say("running: input allgather, halo exchange, filter allgather, local convolution, "
             "output reduce-scatter")
@@ -312,13 +316,7 @@ def run_command(args: argparse.Namespace) -> int:
 
                     verdict = compare(spec, xg, wg, og)
             del xg, wg, og
-        ok = comm.bcast(None if verdict is None else verdict.ok, root=0)
-        if rank == 0:
-            _report(args, spec, the_plan, source, entries, verdict, limit)
-            if verdict is not None and not verdict.ok:
-                print(f"parconv run: error: verification failed: {verdict.message}",
-                      file=sys.stderr, flush=True)
-    return 0 if ok in (None, True) else 1
+        return conclude(entries, verdict)
 
 
 def _timed_runs(args, spec, grid, comm, x, w, local):

@@ -33,6 +33,7 @@ from .window import (
     BLOCK_COLS,
     CHUNK_ROWS,
     _decoder,
+    _geometry,
     _pack_rows,
     _pair,
     accumulator_dtype,
@@ -74,17 +75,6 @@ def _arrays4(**arrays) -> None:
             raise ValueError(f"{name} must be 4-D, got shape {arr.shape}")
 
 
-def _geometry(stride, dilation, offset, block_cols, chunk_rows):
-    sh, sw = _pair("stride", stride)
-    dh, dw = _pair("dilation", dilation)
-    oh, ow = _pair("offset", offset)
-    if min(sh, sw, dh, dw) < 1:
-        raise ValueError(f"stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1")
-    if block_cols < 1 or chunk_rows < 1:
-        raise ValueError("block_cols and chunk_rows must be >= 1")
-    return sh, sw, dh, dw, oh, ow
-
-
 def _check_out(name: str, out: np.ndarray, shape, acc: np.dtype) -> None:
     if out.shape != tuple(shape):
         raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
@@ -92,6 +82,17 @@ def _check_out(name: str, out: np.ndarray, shape, acc: np.dtype) -> None:
         raise ValueError(f"{name} has dtype {out.dtype}; the accumulator is {acc}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"{name} must be a writeable C-contiguous array")
+
+
+def _setup(what: str, a: np.ndarray, b: np.ndarray, out_name: str, out: np.ndarray, stride,
+           dilation, offset, block_cols, chunk_rows, threads):
+    """The checks and normalisation the two window kernels share, in this order: the
+    accumulator of ``a x b`` (floats only), ``out`` in it, the geometry, the threads.
+    Returns ``(acc, (sh, sw, dh, dw, oh, ow), nthreads)``."""
+    acc = training_accumulator(a.dtype, b.dtype, what)
+    _check_out(out_name, out, out.shape, acc)
+    geometry = _geometry(stride, dilation, offset, block_cols, chunk_rows)
+    return acc, geometry, resolve_threads(threads)
 
 
 def _out_block(gk, g_mat, code, lut, u0, nu, H, W, buf, direct_ok):
@@ -158,10 +159,9 @@ def wgrad_window(x: np.ndarray, grad_out: np.ndarray, grad_w: np.ndarray, stride
     if Cw != C or grad_out.shape[0] != B or grad_out.shape[1] != K:
         raise ValueError(f"shapes do not match: x {x.shape}, grad_out {grad_out.shape}, "
                          f"grad_w {grad_w.shape}")
-    acc = training_accumulator(x.dtype, grad_out.dtype, "weight gradient")
-    _check_out("grad_w", grad_w, grad_w.shape, acc)
-    sh, sw, dh, dw, oh, ow = _geometry(stride, dilation, offset, block_cols, chunk_rows)
-    nthreads = resolve_threads(threads)
+    acc, (sh, sw, dh, dw, oh, ow), nthreads = _setup(
+        "weight gradient", x, grad_out, "grad_w", grad_w, stride, dilation, offset,
+        block_cols, chunk_rows, threads)
     H, W = grad_out.shape[2:]
     if not accumulate:
         grad_w[...] = 0
@@ -250,10 +250,9 @@ def dgrad_window(grad_out: np.ndarray, w: np.ndarray, grad_x: np.ndarray, stride
     if Kw != K or grad_x.shape[0] != B or grad_x.shape[1] != C:
         raise ValueError(f"shapes do not match: grad_out {grad_out.shape}, w {w.shape}, "
                          f"grad_x {grad_x.shape}")
-    acc = training_accumulator(grad_out.dtype, w.dtype, "input gradient")
-    _check_out("grad_x", grad_x, grad_x.shape, acc)
-    sh, sw, dh, dw, oh, ow = _geometry(stride, dilation, offset, block_cols, chunk_rows)
-    nthreads = resolve_threads(threads)
+    acc, (sh, sw, dh, dw, oh, ow), nthreads = _setup(
+        "input gradient", grad_out, w, "grad_x", grad_x, stride, dilation, offset,
+        block_cols, chunk_rows, threads)
     H, W = grad_out.shape[2:]
     if grad_x.size == 0:
         return

@@ -112,6 +112,18 @@ def _pair(name: str, value) -> tuple[int, int]:
         raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}") from None
 
 
+def _geometry(stride, dilation, offset, block_cols, chunk_rows):
+    """``(sh, sw, dh, dw, oh, ow)`` of a window kernel's geometry arguments, validated."""
+    sh, sw = _pair("stride", stride)
+    dh, dw = _pair("dilation", dilation)
+    oh, ow = _pair("offset", offset)
+    if min(sh, sw, dh, dw) < 1:
+        raise ValueError(f"stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1")
+    if block_cols < 1 or chunk_rows < 1:
+        raise ValueError("block_cols and chunk_rows must be >= 1")
+    return sh, sw, dh, dw, oh, ow
+
+
 def simd_supported() -> bool:
     """True where the 16-bit SIMD integer kernel is the default: an x86-64 host with AVX2
     (its ``vpmaddwd`` runs 16 multiply-adds per instruction). Elsewhere the generic IR
@@ -244,13 +256,7 @@ def conv2d_window(x: np.ndarray, w: np.ndarray, out: np.ndarray, stride=1, dilat
                          f"is {acc}")
     if not out.flags.writeable or not _planes_contiguous(out):
         raise ValueError("out must be writeable with C-contiguous (H, W) planes")
-    sh, sw = _pair("stride", stride)
-    dh, dw = _pair("dilation", dilation)
-    oh, ow = _pair("offset", offset)
-    if min(sh, sw, dh, dw) < 1:
-        raise ValueError(f"stride {(sh, sw)} and dilation {(dh, dw)} must be >= 1")
-    if block_cols < 1 or chunk_rows < 1:
-        raise ValueError("block_cols and chunk_rows must be >= 1")
+    sh, sw, dh, dw, oh, ow = _geometry(stride, dilation, offset, block_cols, chunk_rows)
     nthreads = resolve_threads(threads)
     int_path = resolve_int_kernel(int_kernel) if acc.kind == "i" else None
     H, W = out.shape[2:]

@@ -12,11 +12,9 @@ plan. Rank 0 writes ``RESULTS.json``.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import numpy as np
-from mpi4py import MPI
 
 from parconv.partition import Grid, rank_volume
 from parconv.runtime import (
@@ -25,11 +23,10 @@ from parconv.runtime import (
     seeded_operands_global,
     seeded_operands_local,
 )
-from parconv.runtime.errors import abort_on_exception
 from parconv.runtime.verify import compare
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from run_cases import make_spec  # noqa: E402
+from run_cases import make_spec, run_all  # noqa: E402
 
 
 def run_case(comm, case: dict) -> dict | None:
@@ -61,18 +58,7 @@ def run_case(comm, case: dict) -> dict | None:
 
 
 def main() -> None:
-    comm = MPI.COMM_WORLD
-    with open(sys.argv[1]) as fh:
-        cases = json.load(fh)
-    results = []
-    with abort_on_exception(comm):
-        for case in cases:
-            r = run_case(comm, case)
-            if comm.Get_rank() == 0:
-                results.append(r)
-    if comm.Get_rank() == 0:
-        with open(sys.argv[2], "w") as fh:
-            json.dump(results, fh, indent=1)
+    run_all(run_case)
 
 
 if __name__ == "__main__":

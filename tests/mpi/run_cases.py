@@ -71,7 +71,10 @@ def run_case(comm, case: dict) -> dict | None:
             "phase_seconds": seconds}
 
 
-def main() -> None:
+def run_all(run_case) -> None:
+    """``run_case(comm, case)`` on every rank for each case of ``CASES.json``
+    (``sys.argv[1]``) under :func:`abort_on_exception`; rank 0 writes its results to
+    ``RESULTS.json`` (``sys.argv[2]``)."""
     comm = MPI.COMM_WORLD
     with open(sys.argv[1]) as fh:
         cases = json.load(fh)
@@ -84,6 +87,10 @@ def main() -> None:
     if comm.Get_rank() == 0:
         with open(sys.argv[2], "w") as fh:
             json.dump(results, fh, indent=1)
+
+
+def main() -> None:
+    run_all(run_case)
 
 
 if __name__ == "__main__":
