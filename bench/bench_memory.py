@@ -13,7 +13,7 @@ the buffers dominate), each case runs once under ``mpiexec``; every rank records
   the numpy buffers and Python objects only;
 
 and compares both with the plan's per-rank memory
-(:func:`parconv.partition.rank_memory_bytes`: the maximum over phases of the buffers
+(:func:`parconv.planner.partition.rank_memory_bytes`: the maximum over phases of the buffers
 alive, ``docs/runtime.md``). Target: RSS ÷ plan ≤ 1.15 on every rank.
 
 Writes ``bench/results/memory.json`` and ``bench/results/memory.md``.
@@ -80,7 +80,7 @@ def worker(args) -> None:
     from parconv.dtypes import parse_precision
     from parconv.kernels import warmup
     from parconv.layers import layer
-    from parconv.partition import Grid, rank_memory_buffers, rank_memory_bytes
+    from parconv.planner.partition import Grid, rank_memory_buffers, rank_memory_bytes
     from parconv.runtime import conv2d_distributed, seeded_operands_local
 
     comm = MPI.COMM_WORLD
@@ -124,7 +124,7 @@ def worker(args) -> None:
 
 def run_case(case, timeout: float) -> dict:
     name, batch, grid, dt = case
-    from parconv.partition import Grid
+    from parconv.planner.partition import Grid
 
     procs = Grid.parse(grid).size
     mpiexec = str(Path(sys.executable).parent / "mpiexec")

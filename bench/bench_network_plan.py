@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _clear_caches() -> None:
-    from parconv import plan as single
     from parconv.network import costs
+    from parconv.planner import plan as single
 
     for f in (costs._grid_volumes, costs._max_traffic, costs._planner_traffic,
               costs._best_grids, costs._spatial_bounds, single.axis_table):

@@ -27,15 +27,15 @@ from pathlib import Path
 
 from parconv.dtypes import PRESETS
 from parconv.layers import layer, suite
-from parconv.partition import rank_volume
-from parconv.plan import (
+from parconv.planner.partition import rank_volume
+from parconv.planner.plan import (
     _spatial_representatives,
     axis_table,
     max_rank_recv_bytes,
     max_rank_traffic_bytes,
     plan,
 )
-from parconv.strategies import FAMILIES, all_strategies
+from parconv.planner.strategies import FAMILIES, all_strategies
 
 PROCS = (8, 64, 512, 4096)
 PRESET_NAMES = ("int8", "fp32")

@@ -14,7 +14,7 @@
 3. **Cluster study** (pure model): every distinct ResNet-50 convolution at batch 32,
    fp32, P = 64 … 4,096 under the ``ib-hdr`` preset (docs/timemodel.md): the
    time-optimal grid (:func:`parconv.timemodel.best_grid_by_time`, exact search) against
-   the bytes-optimal grid (:func:`parconv.plan.plan`), their predicted step times and
+   the bytes-optimal grid (:func:`parconv.planner.plan.plan`), their predicted step times and
    received bytes; network totals weight each shape by its number of layers.
 
 Writes ``bench/results/timemodel.{json,md}``.
@@ -103,7 +103,7 @@ def probe_seconds_per_mac() -> float:
 
 def validate(repeats: int, layers: list[str] | None) -> list[dict]:
     from parconv.layers import suite
-    from parconv.partition import Grid
+    from parconv.planner.partition import Grid
     from parconv.timemodel import FORWARD_PHASES, load_machine, predict
 
     base = load_machine(str(MACHINE_FILE))
@@ -157,7 +157,7 @@ def validate(repeats: int, layers: list[str] | None) -> list[dict]:
 
 def cluster(preset: str, batch: int) -> list[dict]:
     from parconv.layers import suite
-    from parconv.plan import max_rank_recv_bytes
+    from parconv.planner.plan import max_rank_recv_bytes
     from parconv.timemodel import best_grid_by_time, load_machine
 
     m = load_machine(preset)

@@ -35,8 +35,8 @@ from pathlib import Path
 
 from parconv.layers import suite
 from parconv.passes import training_precision
-from parconv.plan import plan
-from parconv.strategies import all_strategies, best_fixed, fixed_strategy
+from parconv.planner.plan import plan
+from parconv.planner.strategies import all_strategies, best_fixed, fixed_strategy
 
 PROCS = (8, 64, 512, 4096)
 PRESETS = ("fp32", "bf16")

@@ -45,7 +45,7 @@ def worker(args) -> None:
 
     from parconv.layers import layer
     from parconv.passes import training_precision
-    from parconv.plan import plan
+    from parconv.planner.plan import plan
     from parconv.runtime import DistributedConv2d
     from parconv.runtime.api import block_ranges, seeded_block, seeded_operands_local
 

@@ -4,7 +4,7 @@
 Parts (``--only a,b``; default all):
 
 * ``scaling``  per-rank received bytes vs P (2 … 4,096) for a few ResNet-50 layers (batch
-  32, fp32): parconv's planned grid *simulated* (``parconv.simulate``: the runtime's
+  32, fp32): parconv's planned grid *simulated* (``parconv.planner.simulate``: the runtime's
   schedule for every virtual rank, consistency-checked), *measured* by real ``mpiexec``
   runs of ``parconv run`` at small P, each fixed strategy and the memory-independent lower
   bound, which bounds the busiest rank's received + sent bytes (also plotted; the
@@ -148,9 +148,9 @@ def _measure_run(name: str, batch: int, n: int) -> dict[str, Any]:
 
 def part_scaling(args) -> dict[str, Any]:
     from parconv.layers import layer
-    from parconv.plan import plan
-    from parconv.simulate import simulate
-    from parconv.strategies import FAMILIES, all_strategies
+    from parconv.planner.plan import plan
+    from parconv.planner.simulate import simulate
+    from parconv.planner.strategies import FAMILIES, all_strategies
 
     names = QUICK_LAYERS if args.quick else SCALING_LAYERS
     procs = [4, 8, 64, 512, 4096] if args.quick else [2 ** i for i in range(1, 13)]
@@ -258,8 +258,8 @@ def part_scaling(args) -> dict[str, Any]:
 
 def part_suite(args) -> dict[str, Any]:
     from parconv.layers import suite
-    from parconv.plan import plan
-    from parconv.strategies import FAMILIES, all_strategies
+    from parconv.planner.plan import plan
+    from parconv.planner.strategies import FAMILIES, all_strategies
 
     procs = [8, 64, 512, 4096] if args.quick else [2 ** i for i in range(3, 13)]
     specs = suite("resnet50", BATCH)

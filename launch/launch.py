@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 
 from parconv import mpienv  # noqa: E402
 from parconv.cli.common import add_layer_args, add_memory_arg, spec_from_args  # noqa: E402
-from parconv.partition import Grid, check_grid  # noqa: E402
+from parconv.planner.partition import Grid, check_grid  # noqa: E402
 
 #: Flags of ``parconv run`` that describe the layer (also given to ``parconv plan``).
 LAYER_FLAGS = ("--layer", "--in-channels", "--out-channels", "--input", "--kernel", "--stride",

@@ -208,7 +208,7 @@ def setup_seconds(repeats: int) -> float:
     from mpi4py import MPI
 
     from .dtypes import PRESETS
-    from .partition import Grid
+    from .planner.partition import Grid
     from .runtime.api import conv2d_distributed, seeded_operands_local
     from .spec import ConvSpec
 

@@ -10,9 +10,9 @@ written when packing buffers); ranks and cores per node. Built-in presets
 docs/timemodel.md cites them) and ``this-machine`` (calibrated here with ``parconv
 calibrate``). :func:`load_machine` reads a preset name or a JSON/TOML file.
 
-:func:`predict` builds every rank's schedule (:mod:`parconv.runtime.schedule`, the one
+:func:`predict` builds every rank's schedule (:mod:`parconv.planner.schedule`, the one
 the MPI runtime executes; one schedule per block class at large P, as
-:mod:`parconv.simulate`) and charges each operation of each rank by the algorithm MPICH
+:mod:`parconv.planner.simulate`) and charges each operation of each rank by the algorithm MPICH
 uses for that collective (:func:`collective_seconds`), plus the local kernel and the
 packing copies of the runtime, phase by phase. The step time is the maximum over ranks
 of the sum of its phases (the runtime runs them one after another); with ``overlap`` the
@@ -20,7 +20,7 @@ communication of a rank is hidden behind its compute (``packing + max(comm, comp
 an idealised overlap model.
 
 :func:`best_grid_by_time` searches the planner's candidate grids
-(:func:`parconv.plan.candidate_grids`) for the least predicted step time. It is exact
+(:func:`parconv.planner.plan.candidate_grids`) for the least predicted step time. It is exact
 over all candidates: grids are visited in increasing order of a lower bound on their
 predicted time (mean compute + the cheapest β times the mean received bytes, both ≤ the
 busiest rank's) and the search stops once the bound exceeds the best time found.
@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from .partition import Grid, check_grid
+from .planner.partition import Grid, check_grid
 from .spec import ConvSpec
 
-#: Collective kinds of the runtime's operations (:data:`parconv.runtime.schedule.KINDS`).
+#: Collective kinds of the runtime's operations (:data:`parconv.planner.schedule.KINDS`).
 KINDS = ("allgather", "reduce_scatter", "alltoallv")
 
 #: Phases the runtime times in the forward pass (``parconv run --json``'s ``phase_seconds``).
@@ -322,7 +322,7 @@ def collective_seconds(kind: str, link: Link, q: int, recv_bytes: int, send_byte
     """α·steps + β·bytes of one rank in one collective.
 
     Bytes: the rank's received bytes for allgather and reduce-scatter (the runtime's
-    payload, :mod:`parconv.runtime.schedule`; a ring or pairwise schedule forwards as
+    payload, :mod:`parconv.planner.schedule`; a ring or pairwise schedule forwards as
     much as it receives), the larger of received and sent for the alltoallv (sends and
     receives proceed concurrently on a full-duplex link). ``total_bytes`` (the gathered or
     reduced buffer) selects the algorithm (:func:`collective_steps`).
@@ -336,7 +336,7 @@ def collective_seconds(kind: str, link: Link, q: int, recv_bytes: int, send_byte
 
 def op_seconds(o, machine: Machine, procs: int, spans: bool | None = None
                ) -> tuple[float, int]:
-    """(seconds, latency steps) of one rank's :class:`~parconv.runtime.schedule.OpSchedule`.
+    """(seconds, latency steps) of one rank's :class:`~parconv.planner.schedule.OpSchedule`.
 
     The communicator spans nodes when its first and last members (global ranks,
     ascending) sit on different nodes (consecutive ranks fill a node), unless ``spans``
@@ -445,7 +445,7 @@ class Prediction:
 
 def fiber_geometry(grid: Grid, keep, ranks_per_node: int) -> tuple[np.ndarray, np.ndarray]:
     """For every rank: its position in the communicator of the fiber varying the axes
-    ``keep`` (row-major over the kept axes, as :func:`~parconv.runtime.schedule.fiber_members`)
+    ``keep`` (row-major over the kept axes, as :func:`~parconv.planner.schedule.fiber_members`)
     and whether that communicator spans nodes (its first and last members, the ranks
     with the kept coordinates all 0 / all maximal, sit on different nodes)."""
     dims = grid.dims
@@ -471,11 +471,11 @@ def fiber_geometry(grid: Grid, keep, ranks_per_node: int) -> tuple[np.ndarray, n
 
 def _class_schedules(spec: ConvSpec, grid: Grid):
     """(representative schedules, class of each rank): one
-    :func:`~parconv.runtime.schedule.build_schedule` per block class
-    ``(|b-block|, |k-block|, |c-block|, i_h, i_w)`` (as :mod:`parconv.simulate`, whose
+    :func:`~parconv.planner.schedule.build_schedule` per block class
+    ``(|b-block|, |k-block|, |c-block|, i_h, i_w)`` (as :mod:`parconv.planner.simulate`, whose
     derivation of members and positions from the grid is checked there)."""
-    from .partition import block_sizes
-    from .runtime import schedule as sched_mod
+    from .planner import schedule as sched_mod
+    from .planner.partition import block_sizes
 
     P = grid.size
     coords = np.stack(np.unravel_index(np.arange(P), grid.dims), axis=1)
@@ -559,7 +559,7 @@ def predict(spec: ConvSpec, grid: Grid, machine: Machine, pass_: str = "forward"
     block class share element counts and differ only in their communicators' members
     and their position, which decide their own block and whether a communicator spans
     nodes. ``pass_`` other than ``forward`` charges the pass's operations
-    (:func:`parconv.runtime.schedule.derive_pass_ops`) and one kernel per compute pass
+    (:func:`parconv.planner.schedule.derive_pass_ops`) and one kernel per compute pass
     (dgrad, wgrad: 1 each, step: 3); backward packing is not modelled.
 
     Raises
@@ -568,7 +568,7 @@ def predict(spec: ConvSpec, grid: Grid, machine: Machine, pass_: str = "forward"
         For a grid that does not fit the layer, or a machine without the layer's kernel rate.
     """
     from .planner.adjoint import forward_source
-    from .runtime.schedule import FIBERS, derive_pass_ops, pass_operations
+    from .planner.schedule import FIBERS, derive_pass_ops, pass_operations
 
     check_grid(spec, grid)
     gamma = machine.gamma_for(spec)
@@ -644,9 +644,9 @@ def time_lower_bound(spec: ConvSpec, grid: Grid, machine: Machine, overlap: bool
     """A lower bound on :func:`predict`'s step time for ``grid`` without building
     schedules: the mean over ranks of compute (γ × all MACs ÷ P, each MAC done once) and,
     for the forward pass, the cheapest β of the machine times the mean received bytes
-    (:func:`parconv.plan.total_recv_bytes` ÷ P). The busiest rank's time is at least the
+    (:func:`parconv.planner.plan.total_recv_bytes` ÷ P). The busiest rank's time is at least the
     mean, and every operation is charged at least β·received (α, packing ≥ 0)."""
-    from .plan import total_recv_bytes
+    from .planner.plan import total_recv_bytes
 
     P = grid.size
     n_kernels = {"forward": 1, "dgrad": 1, "wgrad": 1, "step": 3}.get(pass_, 1)
@@ -664,11 +664,11 @@ def rank_time_lower_bounds(spec: ConvSpec, grid: Grid, machine: Machine,
     """Per-rank lower bounds on :func:`predict`'s forward time, without schedules: the
     rank's kernel (γ × its MACs, from its block sizes) and, per operation, β of its
     communicator (intra or inter node) × its received bytes (the planner's exact per-rank
-    bytes, as :meth:`parconv.plan.Plan.rank_volumes`). α steps and packing (≥ 0) are left out."""
-    from .partition import OPERATIONS, block_sizes
-    from .plan import _all_indices, _volumes
-    from .runtime.schedule import FIBERS
-    from .runtime.schedule import KINDS as OP_KINDS
+    bytes, as :meth:`parconv.planner.plan.Plan.rank_volumes`). α steps and packing (≥ 0) are left out."""
+    from .planner.partition import OPERATIONS, block_sizes
+    from .planner.plan import _all_indices, _volumes
+    from .planner.schedule import FIBERS
+    from .planner.schedule import KINDS as OP_KINDS
 
     P = grid.size
     vols = _volumes(spec, grid, _all_indices(grid), send=False)
@@ -690,7 +690,7 @@ def best_grid_by_time(spec: ConvSpec, procs: int, machine: Machine,
                       overlap: bool = False, max_evaluations: int | None = None) -> TimeSearch:
     """The grid of ``procs`` ranks with the least predicted step time (:func:`predict`).
 
-    Candidates: :func:`parconv.plan.candidate_grids` (the planner's), minus those whose
+    Candidates: :func:`parconv.planner.plan.candidate_grids` (the planner's), minus those whose
     busiest rank needs more than ``memory_bytes``. Visited in increasing
     :func:`time_lower_bound`; the search stops when the bound reaches the best predicted
     time, so the result is exact over all candidates (ties: the planner's tie order); a
@@ -703,7 +703,7 @@ def best_grid_by_time(spec: ConvSpec, procs: int, machine: Machine,
     ValueError
         If no grid of ``procs`` ranks fits (the planner's messages).
     """
-    from .plan import _tie_key, candidate_grids, max_rank_memory_bytes, plan
+    from .planner.plan import _tie_key, candidate_grids, max_rank_memory_bytes, plan
 
     bytes_plan = plan(spec, procs, memory_bytes)   # raises the planner's errors
     grids = candidate_grids(spec, procs)

@@ -1,4 +1,4 @@
-"""The closed-form per-axis index math (parconv.spec.Axis, parconv.plan.axis_table,
+"""The closed-form per-axis index math (parconv.spec.Axis, parconv.planner.plan.axis_table,
 inequalities) against the array definitions it replaced, on small random axes including
 stride larger than the dilated kernel, dilation and padding larger than the input."""
 
@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from parconv.inequalities import _axis_usage, stride_classes
-from parconv.partition import block_sizes
-from parconv.plan import _block_of, axis_table
+from parconv.planner.partition import block_sizes
+from parconv.planner.plan import _block_of, axis_table
 from parconv.spec import Axis
 
 

@@ -31,7 +31,7 @@ from parconv.cli import main
 from parconv.dtypes import PRESETS
 from parconv.inequalities import I1, I1W, counts, inequalities, weighted_work
 from parconv.layers import layer
-from parconv.partition import Grid, layout, rank_memory_bytes, rank_volume
+from parconv.planner.partition import Grid, layout, rank_memory_bytes, rank_volume
 from parconv.spec import ConvSpec
 
 LAYERS = ["resnet50/conv1", "resnet50/layer1.0.conv2", "resnet50/layer2.0.conv2",
@@ -520,7 +520,7 @@ def test_cli_memory_dependent_bound_is_not_reported_as_network_bound_when_data_e
     """With P*M below the data (M read as a cache), the memory-dependent bound counts network
     plus local-memory traffic: the JSON's network key is null, the two-level figure is given,
     and the data-parallel grid's real network bytes are indeed below that figure."""
-    from parconv.partition import Grid, rank_volume
+    from parconv.planner.partition import Grid, rank_volume
 
     args = ["bound", "--layer", "resnet50/layer3.1.conv2", "--batch", "32", "--dtype", "fp32",
             "--memory", "256KiB", "--procs", "2", "--json"]

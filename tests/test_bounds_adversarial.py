@@ -557,7 +557,7 @@ def test_memory_dependent_bound_counts_local_traffic_when_data_exceeds_memories(
     """Found by this audit: with M read as a cache (P*M smaller than the data), the
     memory-dependent bound exceeds what the data-parallel algorithm sends plus receives
     per rank; it is valid only for network + local-memory traffic, and says so."""
-    from parconv.partition import Grid, rank_volume
+    from parconv.planner.partition import Grid, rank_volume
 
     spec = ConvSpec(8, 32, 32, (8, 8), 3, 1, 1, precision=PRESETS["fp32"])
     dep = parallel_memory_dependent_bound(spec, 2, 2048)

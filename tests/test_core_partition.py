@@ -7,7 +7,7 @@ import pytest
 
 from parconv.dtypes import PRESETS
 from parconv.layers import layer
-from parconv.partition import (
+from parconv.planner.partition import (
     OPERATIONS,
     Grid,
     balanced_block,

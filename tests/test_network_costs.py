@@ -8,8 +8,8 @@ import pytest
 from parconv.network import costs
 from parconv.network.graph import adaptive_windows, pool_windows
 from parconv.network.layout import Placement, conv_input_layout, conv_output_layout
-from parconv.partition import Grid
-from parconv.plan import candidate_grids, plan_for_grid
+from parconv.planner.partition import Grid
+from parconv.planner.plan import candidate_grids, plan_for_grid
 from parconv.spec import ConvSpec
 
 

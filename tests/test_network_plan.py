@@ -16,8 +16,8 @@ from parconv.network.graph import Graph
 from parconv.network.layout import Placement
 from parconv.network.models import build
 from parconv.network.plan import _Planner, plan_fixed, plan_network
-from parconv.partition import Grid
-from parconv.plan import candidate_grids, plan_for_grid
+from parconv.planner.partition import Grid
+from parconv.planner.plan import candidate_grids, plan_for_grid
 
 
 def _tiny(concat: bool = False) -> Graph:

@@ -1,4 +1,4 @@
-"""Layouts and redistributions: agreement with parconv.partition, exactly-once ownership,
+"""Layouts and redistributions: agreement with parconv.planner.partition, exactly-once ownership,
 per-rank bytes and messages against brute force over explicit owner arrays."""
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from parconv.network.layout import (
     reduce_hw_layout,
 )
 from parconv.network.redistribute import max_rank_traffic_bytes, redistribute
-from parconv.partition import Grid, check_grid
-from parconv.plan import candidate_grids
+from parconv.planner.partition import Grid, check_grid
+from parconv.planner.plan import candidate_grids
 from parconv.runtime.api import block_ranges
 from parconv.spec import ConvSpec
 

@@ -32,7 +32,7 @@ from parconv.network.weights import (
     param_shapes,
     seeded_weights,
 )
-from parconv.plan import candidate_grids
+from parconv.planner.plan import candidate_grids
 
 sys.path.insert(0, str(Path(__file__).parent))
 from torch_resnet import load_numpy_weights, torch_resnet18  # noqa: E402

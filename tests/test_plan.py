@@ -10,7 +10,7 @@ import pytest
 from parconv.cli import main
 from parconv.dtypes import PRESETS
 from parconv.layers import layer, suite
-from parconv.partition import (
+from parconv.planner.partition import (
     GRID_AXES,
     OPERATIONS,
     Grid,
@@ -19,7 +19,7 @@ from parconv.partition import (
     rank_memory_bytes,
     rank_volume,
 )
-from parconv.plan import (
+from parconv.planner.plan import (
     Plan,
     candidate_grids,
     max_rank_memory_bytes,

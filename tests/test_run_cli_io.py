@@ -227,7 +227,7 @@ def test_layer_too_large_for_the_node_refused_without_memory_flag():
     """No --memory: the limit is the node's available memory / 3 ranks, and a layer that
     cannot fit is refused before any allocation (the issue's 3000 x 1000 x 1000 layer,
     more channels on a node with more memory)."""
-    from parconv.plan import min_memory_grid
+    from parconv.planner.plan import min_memory_grid
     from parconv.spec import ConvSpec
 
     avail = meminfo_available_bytes()

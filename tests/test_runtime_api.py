@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from parconv.dtypes import PRESETS, parse_precision
-from parconv.partition import Grid, layout
+from parconv.planner.partition import Grid, layout
 from parconv.reference import conv2d_reference
 from parconv.runtime import RunInputError, seeded_operands_global, seeded_operands_local
 from parconv.runtime.api import block_ranges
@@ -174,8 +174,8 @@ def test_padded_window_for_gemmini_matches_the_window_kernel(grid):
     """The explicit-padding window given to Gemmini computes what the offset kernel does."""
     from parconv.gemmini.offload import run_local
     from parconv.kernels import conv2d_window
+    from parconv.planner.schedule import build_schedule
     from parconv.runtime.offload import check_offload, padded_window
-    from parconv.runtime.schedule import build_schedule
 
     spec = spec_of("int8", kernel=(3, 3), stride=(2, 1), padding=(1, 2), dilation=(1, 2),
                    in_size=(9, 8))

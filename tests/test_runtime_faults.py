@@ -138,7 +138,7 @@ USER_PROGRAM = textwrap.dedent("""
     import sys
     from mpi4py import MPI
     from parconv.layers import layer
-    from parconv.partition import Grid
+    from parconv.planner.partition import Grid
     from parconv.runtime import conv2d_distributed, seeded_operands_local
     from parconv.spec import ConvSpec
 

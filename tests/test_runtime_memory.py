@@ -19,7 +19,7 @@ from parconv.dtypes import PRESETS
 from parconv.kernels import accumulator_dtype, conv2d_window
 from parconv.kernels.window import workspace_bytes
 from parconv.layers import layer
-from parconv.partition import Grid, memory_phases, rank_memory_buffers, rank_memory_bytes
+from parconv.planner.partition import Grid, memory_phases, rank_memory_buffers, rank_memory_bytes
 from parconv.runtime import seeded_block
 from parconv.runtime.api import _global_shape, _splitmix, block_ranges
 from parconv.spec import ConvSpec

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parconv.partition import Grid, check_grid
+from parconv.planner.partition import Grid, check_grid
 from parconv.spec import ConvSpec
 
 sys.path.insert(0, str(Path(__file__).parent / "mpi"))

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from parconv.dtypes import PRESETS
-from parconv.partition import Grid, layout
+from parconv.planner.partition import Grid, layout
+from parconv.planner.schedule import build_schedule
 from parconv.runtime.execute import exec_plan, overlap_default
-from parconv.runtime.schedule import build_schedule
 from parconv.spec import ConvSpec
 
 sys.path.insert(0, str(Path(__file__).parent))

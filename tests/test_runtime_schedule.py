@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from parconv.dtypes import PRESETS
-from parconv.partition import Grid, check_grid, layout, rank_volume
-from parconv.runtime.schedule import build_schedule, fiber_members
+from parconv.planner.partition import Grid, check_grid, layout, rank_volume
+from parconv.planner.schedule import build_schedule, fiber_members
 from parconv.spec import ConvSpec
 
 SPECS = [
@@ -95,6 +95,6 @@ def test_fiber_members_row_major():
 def test_schedule_module_needs_no_mpi():
     import subprocess
 
-    code = ("import sys; from parconv.runtime.schedule import build_schedule; "
+    code = ("import sys; from parconv.planner.schedule import build_schedule; "
             "import parconv.runtime; assert 'mpi4py' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -15,9 +15,9 @@ import pytest
 
 from parconv.dtypes import PRESETS
 from parconv.layers import layer
-from parconv.partition import OPERATIONS, Grid, rank_volume
-from parconv.runtime import schedule as schedule_mod
-from parconv.simulate import simulate
+from parconv.planner import schedule as schedule_mod
+from parconv.planner.partition import OPERATIONS, Grid, rank_volume
+from parconv.planner.simulate import simulate
 from parconv.spec import ConvSpec
 
 ROOT = Path(__file__).resolve().parent.parent

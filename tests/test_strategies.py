@@ -8,10 +8,9 @@ import pytest
 
 from parconv.dtypes import PRESETS
 from parconv.layers import layer
-from parconv.partition import GRID_AXES
-from parconv.plan import candidate_grids, max_rank_recv_bytes, max_rank_traffic_bytes, plan
-from parconv.spec import ConvSpec
-from parconv.strategies import (
+from parconv.planner.partition import GRID_AXES
+from parconv.planner.plan import candidate_grids, max_rank_recv_bytes, max_rank_traffic_bytes, plan
+from parconv.planner.strategies import (
     FAMILIES,
     _matmul_classes,
     all_strategies,
@@ -21,6 +20,7 @@ from parconv.strategies import (
     matmul_total_recv_bytes,
     matmul_volumes,
 )
+from parconv.spec import ConvSpec
 
 SPEC = ConvSpec(6, 5, 8, (10, 9), (3, 3), 1, 1, precision=PRESETS["int8"])
 L31 = layer("resnet50/layer3.1.conv2", 8, PRESETS["fp32"])

@@ -15,9 +15,9 @@ import pytest
 
 from parconv.calibrate import fit_alpha_beta
 from parconv.dtypes import PRESETS
-from parconv.partition import Grid
-from parconv.plan import candidate_grids, plan
-from parconv.runtime.schedule import build_schedule
+from parconv.planner.partition import Grid
+from parconv.planner.plan import candidate_grids, plan
+from parconv.planner.schedule import build_schedule
 from parconv.spec import ConvSpec
 from parconv.timemodel import (
     KINDS,

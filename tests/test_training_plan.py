@@ -23,9 +23,10 @@ from parconv.kernels.backward import (
     wgrad_workspace_bytes,
 )
 from parconv.layers import layer
-from parconv.partition import Grid, rank_memory_bytes
 from parconv.passes import training_precision
-from parconv.plan import (
+from parconv.planner.adjoint import pass_operations
+from parconv.planner.partition import Grid, rank_memory_bytes
+from parconv.planner.plan import (
     _all_indices,
     _first_rank_traffic,
     _memory_bits,
@@ -40,10 +41,9 @@ from parconv.plan import (
     plan_for_grid,
     total_recv_bytes,
 )
-from parconv.planner.adjoint import pass_operations
-from parconv.runtime.schedule import build_schedule
+from parconv.planner.schedule import build_schedule
+from parconv.planner.strategies import data_parallel_training, fixed_strategy
 from parconv.spec import ConvSpec
-from parconv.strategies import data_parallel_training, fixed_strategy
 
 PASS_KEEP = [("forward", True), ("dgrad", True), ("wgrad", True), ("step", True),
              ("step", False)]

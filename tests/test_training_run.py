@@ -16,8 +16,8 @@ from test_run_cli_io import _exits, per_rank_cli
 from test_runtime_mpi import mpiexec
 
 from parconv.io import load_npz
-from parconv.plan import plan_for_grid
 from parconv.planner.adjoint import pass_operations
+from parconv.planner.plan import plan_for_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 MEMORY_SCRIPT = ROOT / "tests" / "mpi" / "training_memory_cases.py"
@@ -114,8 +114,8 @@ def test_step_memory_matches_the_plan(tmp_path, warm_numba):
 
 def test_plan_memory_of_the_step_exceeds_the_forward():
     from parconv.layers import layer
-    from parconv.partition import Grid
     from parconv.passes import training_precision
+    from parconv.planner.partition import Grid
 
     spec = layer("resnet50/layer1.0.conv2", 2, training_precision("fp32").forward_precision)
     g = Grid(1, 1, 1, 3, 1)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from parconv.dtypes import PRESETS
-from parconv.partition import OPERATIONS, Grid, rank_volume
 from parconv.planner.adjoint import ADJOINT_OF, PASSES, pass_operations, pass_volume
-from parconv.runtime.schedule import build_schedule
-from parconv.simulate import simulate
+from parconv.planner.partition import OPERATIONS, Grid, rank_volume
+from parconv.planner.schedule import build_schedule
+from parconv.planner.simulate import simulate
 from parconv.spec import ConvSpec
 
 CASES = [

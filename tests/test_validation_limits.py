@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from parconv.dtypes import parse_precision
-from parconv.partition import Grid
-from parconv.plan import MAX_PROCS, check_plannable, plan
+from parconv.planner.partition import Grid
+from parconv.planner.plan import MAX_PROCS, check_plannable, plan
 from parconv.reference import AccumulatorOverflow, reference_for_spec
 from parconv.spec import MAX_KERNEL, ConvSpec
 

@@ -58,9 +58,9 @@ def register(subparsers) -> None:
 
 def build_payload(args: argparse.Namespace):
     """The plan, the strategies and the JSON payload for the parsed arguments."""
-    from ..partition import Grid
-    from ..plan import plan, plan_for_grid
-    from ..strategies import all_strategies, best_fixed
+    from ..planner.partition import Grid
+    from ..planner.plan import plan, plan_for_grid
+    from ..planner.strategies import all_strategies, best_fixed
 
     spec = pass_spec_from_args(args)
     memory = memory_from_args(args)

@@ -156,8 +156,8 @@ def _limit_text(limit: MemoryLimit) -> str:
 def _choose_grid(spec, text: str, procs: int, limit: MemoryLimit, pass_: str = "forward"):
     """(plan, "auto" | "explicit"); the plan's peak memory per rank (of ``pass_``) must
     fit ``limit``."""
-    from ..partition import Grid
-    from ..plan import candidate_grids, min_memory_grid, plan, plan_for_grid
+    from ..planner.partition import Grid
+    from ..planner.plan import candidate_grids, min_memory_grid, plan, plan_for_grid
     from ..runtime.errors import RunInputError, validate_run
     from ..units import format_bytes
 

@@ -45,8 +45,8 @@ def register(subparsers) -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    from ..partition import Grid, check_grid
-    from ..plan import plan, plan_for_grid
+    from ..planner.partition import Grid, check_grid
+    from ..planner.plan import plan, plan_for_grid
 
     spec = pass_spec_from_args(args)
     kw = {"pass_": args.pass_, "keep_window": not args.recompute_window}
@@ -66,7 +66,7 @@ def _resolve(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from ..simulate import simulate
+    from ..planner.simulate import simulate
     from ..units import format_bytes
 
     spec, pl = _resolve(args)

@@ -3,8 +3,8 @@
 Every model returns per-rank ``(recv, send)`` byte arrays (world-rank order) so that the
 network plan can charge the busiest rank's received + sent bytes of each step.
 
-* **conv / fc**: the grid algorithm of :mod:`parconv.partition`, volumes from
-  :meth:`parconv.plan.Plan.rank_volumes` (input all-gather, halo, filter all-gather,
+* **conv / fc**: the grid algorithm of :mod:`parconv.planner.partition`, volumes from
+  :meth:`parconv.planner.plan.Plan.rank_volumes` (input all-gather, halo, filter all-gather,
   output reduce-scatter), permuted from grid order to the placement's world ranks.
 * **window ops** (max/avg pooling, adaptive average pooling): run on the layout they
   receive; a rank computes the output rows/columns of its own block index (balanced
@@ -33,8 +33,8 @@ from functools import lru_cache
 
 import numpy as np
 
-from .. import plan as _plan
-from ..partition import Grid
+from ..planner import plan as _plan
+from ..planner.partition import Grid
 from ..spec import ConvSpec
 from .layout import Layout, Placement, block_index, window_output_layout
 
@@ -141,7 +141,7 @@ def _max_traffic(spec: ConvSpec, grid: Grid) -> int:
 
 def conv_max_traffic(spec: ConvSpec, grid: Grid) -> int:
     """max over ranks of received + sent bytes of a convolution on ``grid`` (any order):
-    :func:`parconv.plan.max_rank_traffic_bytes` where the planner has it, else the same
+    :func:`parconv.planner.plan.max_rank_traffic_bytes` where the planner has it, else the same
     figure by the class argument of :func:`_max_traffic`."""
     spec = canonical(spec)
     fn = getattr(_plan, "max_rank_traffic_bytes", None)

@@ -5,7 +5,7 @@ split into ``m_a`` parts (``owners[a][i]`` is the part holding index ``i``), and
 owning block ``(j_b, j_c, j_h, j_w)`` is ``rank_of[j_b, j_c, j_h, j_w]``. When ``rank_of``
 is a permutation of ``0..P-1`` every element has exactly one owner.
 
-A convolution on grid ``P_b×P_k×P_c×P_h×P_w`` (:mod:`parconv.partition`) consumes
+A convolution on grid ``P_b×P_k×P_c×P_h×P_w`` (:mod:`parconv.planner.partition`) consumes
 :func:`conv_input_layout` (rank owns ``In[batch, input_channels_owned, own_rows,
 own_cols]``: the c-block split over the k-fiber) and produces :func:`conv_output_layout`
 (``Out[batch, output_out_channels_owned, out_rows, out_cols]``: the k-block split over the
@@ -22,7 +22,7 @@ from functools import cached_property
 
 import numpy as np
 
-from ..partition import GRID_AXES, Grid
+from ..planner.partition import GRID_AXES, Grid
 from ..spec import ConvSpec
 
 Range = tuple[int, int]

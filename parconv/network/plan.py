@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..dtypes import PRESETS, Precision
-from ..partition import Grid, check_grid
-from ..plan import candidate_grids
+from ..planner.partition import Grid, check_grid
+from ..planner.plan import candidate_grids
 from ..spec import ConvSpec
 from .costs import (
     StepCost,

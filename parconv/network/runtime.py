@@ -610,14 +610,14 @@ class NetworkSimulation:
 def simulate_network(graph: Graph, plan: NetworkPlan, cross_check_ranks: int = 64
                      ) -> NetworkSimulation:
     """Build every rank's part of every step and add up its bytes (see
-    :class:`NetworkSimulation`). Convolutions: :func:`parconv.simulate.simulate` of the
+    :class:`NetworkSimulation`). Convolutions: :func:`parconv.planner.simulate.simulate` of the
     layer on its grid (its own consistency check), permuted to the placement's ranks;
     redistributions: every rank's :meth:`Redistribution.messages`, and for up to
     ``cross_check_ranks`` ranks also the runtime's own exchange (index-set intersections);
     pooling: the runtime's halo exchange of every rank; global pool: its reduce-scatter
     counts. Each is checked message by message (every send has its matching receive)
     and against the plan's per-rank figures."""
-    from ..simulate import simulate
+    from ..planner.simulate import simulate
 
     t0 = time.perf_counter()
     P = plan.procs

@@ -2,16 +2,16 @@
 
 THEORY.md §7: the backward schedule is the adjoint of the forward one on the same grid:
 allgather <-> reduce-scatter along the same fiber, halo exchange <-> send-back-and-add.
-This module only names the operations; :mod:`parconv.runtime.schedule` derives each
+This module only names the operations; :mod:`parconv.planner.schedule` derives each
 backward operation's blocks from the forward operation it is the adjoint of, and
-:mod:`parconv.plan` its bytes.
+:mod:`parconv.planner.plan` its bytes.
 """
 
 from __future__ import annotations
 
-from ..partition import OPERATIONS
 from ..passes import PASSES as _PASSES
 from ..passes import STEP
+from .partition import OPERATIONS
 
 #: What a plan or a run can execute: one pass (:data:`parconv.passes.PASSES`) or the
 #: training ``step`` (forward, then dgrad and wgrad).

@@ -1,11 +1,13 @@
 """The distributed runtime: run a planned grid under MPI, counting every byte.
 
-:mod:`~parconv.runtime.schedule` is pure (no MPI) and importable anywhere; the MPI
-parts (:mod:`comm`, :mod:`exchange`, :mod:`execute`) load mpi4py only when used.
+It executes the pure per-rank schedule of :mod:`parconv.planner.schedule` (re-exported
+here as ``Schedule``/``build_schedule``); the MPI parts (:mod:`comm`, :mod:`exchange`,
+:mod:`execute`, :mod:`backward`, :mod:`layer`) load mpi4py only when used.
 """
 
 from __future__ import annotations
 
+from ..planner.schedule import Schedule, build_schedule
 from .api import (
     RunResult,
     block_ranges,
@@ -19,7 +21,6 @@ from .api import (
 )
 from .errors import RunInputError
 from .layer import DistributedConv2d
-from .schedule import Schedule, build_schedule
 
 __all__ = ["DistributedConv2d", "RunInputError", "RunResult", "Schedule", "block_ranges",
            "build_schedule", "conv2d_distributed", "gather_blocks", "local_block",

@@ -1,6 +1,6 @@
 """Python API of the distributed runtime: data stays distributed.
 
-Each rank passes its own blocks (shapes from :func:`parconv.partition.layout`:
+Each rank passes its own blocks (shapes from :func:`parconv.planner.partition.layout`:
 ``input_owned_shape``, ``filter_owned_shape``; the result has ``output_owned_shape``).
 Blocks can also come from a global array on one rank (:func:`scatter_operands`) or be
 generated per rank from a seed (:func:`seeded_block`: a counter-based hash of the global
@@ -11,7 +11,7 @@ Example (under ``mpiexec -n 4``)::
 
     from mpi4py import MPI
     from parconv.layers import layer
-    from parconv.partition import Grid
+    from parconv.planner.partition import Grid
     from parconv.runtime import conv2d_distributed, seeded_operands_local, gather_blocks
     spec = layer("resnet50/layer3.1.conv2", batch=2)
     grid = Grid.parse("1x2x2x1x1")
@@ -29,11 +29,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import dtypes
-from ..partition import Grid, layout
+from ..planner.partition import Grid, layout
+from ..planner.schedule import Schedule, build_schedule
 from ..spec import ConvSpec
 from .errors import abort_on_exception, agree, check_local_blocks, validate_run
 from .execute import RankStats, execute
-from .schedule import Schedule, build_schedule
 
 Range = tuple[int, int]
 

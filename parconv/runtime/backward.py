@@ -2,7 +2,7 @@
 local dgrad / wgrad kernels (THEORY.md §7).
 
 Every backward operation is the adjoint of a forward one, on the same communicator with
-the same blocks (:func:`parconv.runtime.schedule.derive_pass_ops`):
+the same blocks (:func:`parconv.planner.schedule.derive_pass_ops`):
 
 1. ``grad_output_allgather``: the owned ``dOut`` block is allgathered along the c-fiber
    (adjoint of the output reduce-scatter), in the output dtype;
@@ -25,10 +25,10 @@ from __future__ import annotations
 import numpy as np
 
 from .. import dtypes
+from ..planner.schedule import OpSchedule, Schedule, forward_source
 from .comm import GridComm
 from .exchange import allgather, alltoallv, reduce_scatter
 from .execute import _ALL, RankStats, _copy, _index, _phase
-from .schedule import OpSchedule, Schedule, forward_source
 
 
 def _fiber(gc: GridComm, op: str):
@@ -72,7 +72,7 @@ def grad_input(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], grad_y
                filt: np.ndarray, stats: RankStats, kernel=None) -> np.ndarray:
     """Steps 2–4: this rank's owned block of the input gradient (input dtype)."""
     from ..kernels import dgrad_window
-    from ..partition import layout
+    from ..planner.partition import layout
 
     spec, z = sched.spec, sched.sizes
     prec = spec.precision

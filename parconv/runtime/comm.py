@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..partition import Grid
-from .schedule import FIBERS
+from ..planner.partition import Grid
+from ..planner.schedule import FIBERS
 
 
 @dataclass
@@ -14,8 +14,8 @@ class GridComm:
     """A Cartesian communicator over ``grid`` plus its fiber sub-communicators.
 
     Ranks are numbered row-major over ``(i_b, i_k, i_c, i_h, i_w)`` (``reorder=False``),
-    as :mod:`parconv.partition` assumes; each fiber communicator numbers its members
-    row-major over the kept axes, as :func:`parconv.runtime.schedule.fiber_members`.
+    as :mod:`parconv.planner.partition` assumes; each fiber communicator numbers its members
+    row-major over the kept axes, as :func:`parconv.planner.schedule.fiber_members`.
 
     Attributes
     ----------

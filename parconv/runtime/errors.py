@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from .. import dtypes
-from ..partition import Grid, check_grid, layout, rank_memory_bytes
+from ..planner.partition import Grid, check_grid, layout, rank_memory_bytes
 from ..spec import ConvSpec
 from ..units import format_bytes
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..planner.schedule import OpSchedule
 from .deadline import Arrival, current_timeout, wait_until_deadline
-from .schedule import OpSchedule
 
 #: Kinds of time a :class:`Clock` accounts.
 TIME_KINDS = ("compute", "communication", "waiting", "other")

@@ -1,6 +1,6 @@
 """Execute one rank's schedule: the four collectives around the local convolution.
 
-Operations (THEORY.md §6, data layout of :mod:`parconv.partition`):
+Operations (THEORY.md §6, data layout of :mod:`parconv.planner.partition`):
 
 1. input allgather along the k-fiber (used rows/cols of the owned input, channel
    sub-blocks gathered into the c-block);
@@ -28,7 +28,7 @@ the kernel's ``(b, c, rows, cols)`` layout, and the kernel writes each tile's pa
 output through a transposed view of the tile's ``(k, b, h, w)`` reduce-scatter buffer,
 so no layout copy of either exists. Every buffer is freed as soon as the next phase no
 longer needs it; the live set of each phase is what
-:func:`parconv.partition.rank_memory_bytes` adds up (``docs/runtime.md``, "Memory").
+:func:`parconv.planner.partition.rank_memory_bytes` adds up (``docs/runtime.md``, "Memory").
 
 Everything that depends only on the schedule (index sets, halo counts, tiles and their
 reduce-scatter counts) is an :class:`ExecPlan`, built once per schedule
@@ -47,7 +47,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .. import dtypes
-from ..partition import layout
+from ..planner.partition import layout
+from ..planner.schedule import Schedule
 from ..reference import AccumulatorOverflow
 from .comm import GridComm
 from .errors import corrupt_requested, fault_point
@@ -59,7 +60,6 @@ from .exchange import (
     start_alltoallv,
     start_reduce_scatter,
 )
-from .schedule import Schedule
 
 #: Phase names of :attr:`RankStats.seconds` (in the sequential order).
 PHASES = ("input_allgather", "input_halo", "filter_allgather", "compute",
@@ -620,7 +620,7 @@ def execute(gc: GridComm, sched: Schedule, x_local: np.ndarray, w_local: np.ndar
     Parameters
     ----------
     gc : the grid communicators.
-    sched : this rank's schedule (:func:`parconv.runtime.schedule.build_schedule`).
+    sched : this rank's schedule (:func:`parconv.planner.schedule.build_schedule`).
     x_local, w_local : the owned input and filter blocks (validated by the caller).
     kernel : ``conv2d_window``-compatible local kernel (default: the numba kernel).
     local_compute : optional replacement of step 4, ``f(window, filter, sched) ->

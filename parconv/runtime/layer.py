@@ -23,14 +23,14 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 
 from .. import dtypes
-from ..partition import Grid
 from ..planner.adjoint import pass_operations
+from ..planner.partition import Grid
+from ..planner.schedule import build_schedule
 from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
 from .deadline import DeadlineComm, check_timeout, collective_timeout
 from .errors import RunInputError, abort_on_exception, agree, check_local_blocks, validate_run
 from .execute import RankStats, exec_plan, execute, gather_filter, gather_input_window
-from .schedule import build_schedule
 
 
 def check_trainable(spec: ConvSpec) -> None:

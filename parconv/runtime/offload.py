@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ..planner.schedule import Schedule
 from ..spec import ConvSpec
-from .schedule import Schedule
 
 
 def check_offload(spec: ConvSpec, target: str | None) -> None:

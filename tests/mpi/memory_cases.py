@@ -20,7 +20,7 @@ import numpy as np
 from mpi4py import MPI
 
 from parconv.dtypes import parse_precision
-from parconv.partition import Grid, peak_memory_bits, rank_memory_buffers, rank_memory_bytes
+from parconv.planner.partition import Grid, peak_memory_bits, rank_memory_buffers, rank_memory_bytes
 from parconv.runtime import (
     conv2d_distributed,
     gather_blocks,

@@ -16,7 +16,7 @@ import sys
 
 import numpy as np
 
-from parconv.partition import Grid, rank_volume
+from parconv.planner.partition import Grid, rank_volume
 from parconv.runtime import (
     conv2d_distributed,
     gather_blocks,

@@ -20,7 +20,7 @@ import time
 from mpi4py import MPI
 
 from parconv.dtypes import parse_precision
-from parconv.partition import Grid, rank_volume
+from parconv.planner.partition import Grid, rank_volume
 from parconv.runtime import (
     RunInputError,
     conv2d_distributed,

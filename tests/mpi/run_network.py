@@ -24,7 +24,7 @@ from parconv.network.plan import plan_fixed, plan_network
 from parconv.network.reference import forward, seeded_input
 from parconv.network.runtime import NetworkRunner, gather_layout
 from parconv.network.weights import seeded_weights
-from parconv.plan import candidate_grids
+from parconv.planner.plan import candidate_grids
 
 
 def op_graph(op: str) -> Graph:

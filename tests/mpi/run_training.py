@@ -24,8 +24,8 @@ from mpi4py import MPI
 
 from parconv import dtypes
 from parconv.dtypes import parse_precision
-from parconv.partition import Grid, rank_volume
 from parconv.planner.adjoint import pass_volume
+from parconv.planner.partition import Grid, rank_volume
 from parconv.runtime import gather_blocks, seeded_operands_global
 from parconv.runtime import layer as layer_mod
 from parconv.runtime.api import block_ranges

@@ -18,8 +18,8 @@ import tracemalloc
 
 from mpi4py import MPI
 
-from parconv.partition import Grid, peak_memory_bits, rank_memory_buffers, rank_memory_bytes
 from parconv.passes import training_precision
+from parconv.planner.partition import Grid, peak_memory_bits, rank_memory_buffers, rank_memory_bytes
 from parconv.runtime import DistributedConv2d
 from parconv.runtime.api import block_ranges, seeded_block, seeded_operands_local
 from parconv.runtime.errors import abort_on_exception

@@ -1,6 +1,6 @@
 """Run the runtime's communication schedule for every virtual rank, without data or MPI.
 
-:func:`simulate` calls :func:`parconv.runtime.schedule.build_schedule` — the very
+:func:`simulate` calls :func:`parconv.planner.schedule.build_schedule` — the very
 schedule the MPI executor follows — for each of the ``P`` ranks of a grid, adds up the
 payload bytes per rank and per operation, and checks that the schedules are mutually
 consistent: every member of a communicator sees the same member list in the same order
@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..spec import ConvSpec
 from .partition import GRID_AXES, Grid, check_grid
-from .spec import ConvSpec
 
 
 @dataclass
@@ -172,7 +172,7 @@ def _fibers(grid: Grid, keep) -> tuple[list[tuple[int, ...]], np.ndarray, np.nda
 
 def _op_bytes(o, total: int, total_send: int) -> tuple[int, int]:
     """(recv, send) payload bytes of one operation from its block sizes, by the payload
-    semantics of :mod:`parconv.runtime.schedule` (checked against ``OpSchedule.recv_bytes``
+    semantics of :mod:`parconv.planner.schedule` (checked against ``OpSchedule.recv_bytes``
     / ``send_bytes`` on every built representative)."""
     q, own = len(o.members), o.counts[o.index]
     if o.kind == "allgather":
@@ -194,8 +194,8 @@ def _schedules_by_class(spec: ConvSpec, grid: Grid, progress, mismatches: list[s
     """
     from types import SimpleNamespace
 
+    from . import schedule as sched_mod
     from .partition import block_sizes
-    from .runtime import schedule as sched_mod
 
     P = grid.size
     coords = np.stack(np.unravel_index(np.arange(P), grid.dims), axis=1)
@@ -250,7 +250,7 @@ def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
         faster at large P; see :func:`_schedules_by_class`); ``"auto"``: classes from
         P = 512 on.
     pass_, keep_window : the pass whose operations are counted
-        (:func:`parconv.runtime.schedule.pass_operations`); backward operations are the
+        (:func:`parconv.planner.schedule.pass_operations`); backward operations are the
         adjoints of forward ones and are checked the same way.
 
     Raises
@@ -258,7 +258,7 @@ def simulate(spec: ConvSpec, grid: Grid, check: bool = True,
     ValueError
         If the grid splits a dimension finer than its size, or ``method`` is unknown.
     """
-    from .runtime import schedule as sched_mod
+    from . import schedule as sched_mod
 
     if method not in ("auto", "full", "classes"):
         raise ValueError(f"method must be auto, full or classes, got {method!r}")

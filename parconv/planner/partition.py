@@ -43,7 +43,7 @@ from functools import cached_property
 
 import numpy as np
 
-from .spec import ConvSpec
+from ..spec import ConvSpec
 
 #: Grid axes in rank order (slowest first).
 GRID_AXES = ("b", "k", "c", "h", "w")
@@ -455,8 +455,8 @@ def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w, input_dtype: str
     interleaves ``x`` itself; :func:`parconv.kernels.window.workspace_bytes` applies it
     only to that kernel) or a float32/float64 input equal to the accumulator with at
     least :data:`parconv.kernels.window.DIRECT_MIN_COLS` output pixels per image."""
-    from . import dtypes
-    from .kernels.window import DIRECT_MIN_COLS
+    from .. import dtypes
+    from ..kernels.window import DIRECT_MIN_COLS
 
     p = spec.precision
     read = p.input if input_dtype is None else input_dtype
@@ -470,8 +470,8 @@ def kernel_direct(spec: ConvSpec, out_h, out_w, need_h, need_w, input_dtype: str
 
 def kernel_workspace_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, need_h, need_w):
     """Bytes the local kernel allocates for a block (one worker; vectorised)."""
-    from . import dtypes
-    from .kernels.window import workspace_bytes
+    from .. import dtypes
+    from ..kernels.window import workspace_bytes
 
     p = spec.precision
     ws = workspace_bytes(b, k_blk, c_blk, out_h, out_w, spec.R, spec.S,
@@ -542,8 +542,8 @@ def backward_kernel_bytes(spec: ConvSpec, b, k_blk, c_blk, out_h, out_w, win_h, 
     and ``wgrad_workspace_bytes`` with their 1x1 stride-1 in-place paths decided as the
     kernels decide them (the forward's :func:`kernel_direct` condition, with the output
     gradient's dtype for dgrad)."""
-    from . import dtypes
-    from .kernels.backward import dgrad_workspace_bytes, wgrad_workspace_bytes
+    from .. import dtypes
+    from ..kernels.backward import dgrad_workspace_bytes, wgrad_workspace_bytes
 
     p = spec.precision
     xd, wd, gd = (dtypes.numpy_dtype(t) for t in (p.input, p.filter, p.output))

@@ -1,10 +1,10 @@
 """The processor-grid planner: exact per-rank volumes and the grid search.
 
-For the grid algorithm of THEORY.md §6, as fixed by :mod:`parconv.partition`, this module
+For the grid algorithm of THEORY.md §6, as fixed by :mod:`parconv.planner.partition`, this module
 
 * evaluates every rank's payload bytes per operation **exactly** (uneven blocks, halos,
   stride skips) with vectorised numpy — the numbers equal
-  :func:`parconv.partition.rank_volume` rank by rank (tested);
+  :func:`parconv.planner.partition.rank_volume` rank by rank (tested);
 * does so for every training pass (``forward``, ``dgrad``, ``wgrad``, ``step``): a
   backward operation's bytes are the forward operation's it is the adjoint of,
   exchanged and rescaled (:func:`parconv.planner.adjoint.pass_volume`);
@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from ..spec import Axis, ConvSpec
+from .adjoint import pass_operations, pass_volume
 from .partition import (
     GRID_AXES,
     Grid,
@@ -40,8 +42,6 @@ from .partition import (
     kernel_workspace_bytes,
     peak_memory_bits,
 )
-from .planner.adjoint import pass_operations, pass_volume
-from .spec import Axis, ConvSpec
 
 # ----------------------------------------------------------------------------- limits
 
@@ -281,8 +281,8 @@ def _field_volumes(spec: ConvSpec, F: dict, pk, pc, send: bool = True) -> dict[s
 def _memory_bits(spec: ConvSpec, grid: Grid, idx, pass_: str = "forward",
                  keep_window: bool = True) -> np.ndarray:
     """Per-rank peak memory in bits of ``pass_`` (as
-    :func:`parconv.partition.rank_memory_bytes` × 8): the maximum over phases of the
-    buffers alive (:func:`parconv.partition.memory_phases`)."""
+    :func:`parconv.planner.partition.rank_memory_bytes` × 8): the maximum over phases of the
+    buffers alive (:func:`parconv.planner.partition.memory_phases`)."""
     F = _fields(spec, grid, idx)
     b, cblk, kblk = F["b"], F["cblk"], F["kblk"]
     ih = np.asarray(idx[3], dtype=np.int64).reshape(1, 1, 1, -1, 1)
@@ -329,7 +329,7 @@ def _memory_bits(spec: ConvSpec, grid: Grid, idx, pass_: str = "forward",
 
 def _kernel_bytes(spec: ConvSpec, fn, *args: np.ndarray) -> np.ndarray:
     """``fn(spec, *args)`` (a kernel workspace formula such as
-    :func:`parconv.partition.kernel_workspace_bytes`) evaluated once per distinct
+    :func:`parconv.planner.partition.kernel_workspace_bytes`) evaluated once per distinct
     combination of its (broadcast) arguments."""
     arrs = np.broadcast_arrays(*(np.asarray(a, dtype=np.int64) for a in args))
     if arrs[0].size == 0:
@@ -415,7 +415,7 @@ def _first_rank_traffic(spec: ConvSpec, dims: np.ndarray, pass_: str = "forward"
 
 def _check_pass(spec: ConvSpec, pass_: str) -> str:
     """Validate ``pass_`` (forward, dgrad, wgrad, step); integer training is refused."""
-    from .passes import check_pass, pass_precision
+    from ..passes import check_pass, pass_precision
 
     name = check_pass(pass_, allow_step=True)
     if name != "forward":
@@ -474,7 +474,7 @@ def max_rank_traffic_bytes(spec: ConvSpec, grid: Grid, pass_: str = "forward",
 
 def max_rank_memory_bytes(spec: ConvSpec, grid: Grid, pass_: str = "forward",
                           keep_window: bool = True) -> int:
-    """Exact maximum over ranks of :func:`parconv.partition.rank_memory_bytes` of
+    """Exact maximum over ranks of :func:`parconv.planner.partition.rank_memory_bytes` of
     ``pass_``."""
     return _rank_max(spec, grid, "memory", pass_, keep_window)
 
@@ -700,7 +700,7 @@ class Plan:
 
     def halos(self, r: int) -> dict[int, tuple[int, int]]:
         """Forward halo bytes ``{peer_rank: (recv, send)}`` of rank ``r`` (as
-        :func:`parconv.partition.halo_counts`, in bytes)."""
+        :func:`parconv.planner.partition.halo_counts`, in bytes)."""
         s, g = self.spec, self.grid
         ib, ik, ic, ih, iw = g.coords(r)
         bc = (balanced_block(s.B, g.b, ib), balanced_block(s.C, g.c, ic))
@@ -793,7 +793,7 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     nothing kept) bounds the sum over the passes of each pass's busiest rank, compared
     here with that sum for the three passes each run alone on the grid
     (``separate_sum_bytes``)."""
-    from .bounds import parallel_memory_independent_bound, step_memory_independent_bounds
+    from ..bounds import parallel_memory_independent_bound, step_memory_independent_bounds
 
     procs = grid.size
     if pass_ != "step":

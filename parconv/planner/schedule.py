@@ -1,11 +1,11 @@
 """The per-rank message schedule of the grid algorithm (pure: no MPI, no data).
 
-:func:`build_schedule` turns the data layout of :mod:`parconv.partition` into what one
+:func:`build_schedule` turns the data layout of :mod:`parconv.planner.partition` into what one
 rank does in each operation: the communicator members (global ranks, in communicator
 order), the element counts per member, and for the halo the exact global row/column
 index sets exchanged with each peer. The MPI executor follows it verbatim; the
 simulator calls it for every virtual rank. Its byte totals equal
-:func:`parconv.partition.rank_volume` by construction (tested).
+:func:`parconv.planner.partition.rank_volume` by construction (tested).
 
 Payload semantics (what is counted):
 
@@ -23,9 +23,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from ..partition import OPERATIONS, Grid, balanced_block, layout
-from ..planner.adjoint import ADJOINT_OF, RECOMPUTED, forward_source, itemsize, pass_operations
 from ..spec import Axis, ConvSpec
+from .adjoint import ADJOINT_OF, RECOMPUTED, forward_source, itemsize, pass_operations
+from .partition import OPERATIONS, Grid, balanced_block, layout
 
 Range = tuple[int, int]
 
@@ -51,7 +51,7 @@ class OpSchedule:
 
     Attributes
     ----------
-    op : operation name (one of :data:`parconv.partition.OPERATIONS`).
+    op : operation name (one of :data:`parconv.planner.partition.OPERATIONS`).
     kind : ``allgather``, ``alltoallv`` or ``reduce_scatter``.
     members : global ranks of the sub-communicator, in its rank order.
     index : this rank's position in ``members``.
@@ -136,7 +136,7 @@ class Schedule:
     Attributes
     ----------
     rank, coords : this rank and its grid coordinates.
-    ops : ``{op: OpSchedule}`` in :data:`parconv.partition.OPERATIONS` order.
+    ops : ``{op: OpSchedule}`` in :data:`parconv.planner.partition.OPERATIONS` order.
     used_rows, used_cols : global input rows/cols this rank owns that some output reads
         (what the input allgather moves).
     window : (rows, cols) half-open global input window the local compute reads.

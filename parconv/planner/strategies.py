@@ -19,7 +19,7 @@ the lower bound bounds, so either figure compares like for like with the plan's:
   on a ``p_m × p_n × p_k`` grid; see :func:`matmul_volumes`.
 
 The grid families are grids of the same algorithm, so their figures come from
-:mod:`parconv.plan` and equal :func:`parconv.partition.rank_volume` (for the training
+:mod:`parconv.planner.plan` and equal :func:`parconv.planner.partition.rank_volume` (for the training
 passes, the runtime's adjoint schedule). Every strategy is priced for a ``pass_``
 (``forward``, ``dgrad``, ``wgrad``, ``step``); ``im2col_matmul`` is a forward-only
 baseline (None for the training passes). Strategies are compared with the plan on the
@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ..spec import ConvSpec
 from .plan import (
     _check_pass,
     _divisors,
@@ -42,7 +43,6 @@ from .plan import (
     check_plannable,
     max_rank_memory_bytes,
 )
-from .spec import ConvSpec
 
 #: Strategy name -> grid axes it may split (None: the im2col + matmul strategy).
 FAMILIES: dict[str, tuple[str, ...] | None] = {
