@@ -233,13 +233,14 @@ def markdown(d: dict) -> str:
         lines += ["", f"P = 2, overlapped ÷ sequential T: geometric mean {g:.2f} over "
                   f"{len(ratios)} layer/batch pairs (range {min(ratios):.2f}–{max(ratios):.2f}). "
                   f"Load average {min(loads):.1f}–{max(loads):.1f} on {cores} cores during the "
-                  "runs: the local kernel's own time varies by up to 2× between runs of the same "
-                  "configuration, so these wall times (and the efficiencies and PyTorch ratios "
-                  "derived from them) measure the machine's contention more than the runtime; "
-                  "rerun on an idle machine to judge the targets (efficiency ≥ 0.85 at P = 2 on "
-                  "layers with ≥ 1 GFLOP per rank; parconv at P = 2 no slower than PyTorch with "
-                  "2 threads). Communication + waiting is a small share of every run here "
-                  "(shared-memory MPI; waiting is mostly the other rank's slower compute)."]
+                  "runs (" + ("about the benchmark's own ranks: a quiet machine" if max(loads) < 3
+                              else "other jobs were running: the kernel's own time then varies "
+                                   "by up to 2× between runs, so these wall times measure the "
+                                   "machine's contention more than the runtime") + "). Targets: "
+                  "efficiency ≥ 0.85 at P = 2 on layers with ≥ 1 GFLOP per rank; parconv at "
+                  "P = 2 no slower than PyTorch with 2 threads. Communication + waiting is a "
+                  "small share of every run here (shared-memory MPI; waiting is mostly the "
+                  "other rank's slower compute)."]
     return "\n".join(lines) + "\n"
 
 
