@@ -28,20 +28,11 @@ from .. import dtypes
 from ..planner.schedule import OpSchedule, Schedule, forward_source
 from .comm import GridComm
 from .exchange import allgather, alltoallv, reduce_scatter
-from .execute import _ALL, RankStats, _copy, _index, _phase
+from .execute import _ALL, RankStats, _copy, _index, _phase, alone
 
 
 def _fiber(gc: GridComm, op: str):
     return gc.fibers[forward_source(op)]
-
-
-def _alone(ops: dict[str, OpSchedule], op: str, stats: RankStats) -> bool:
-    """True (and (0, 0) counted) when ``op``'s communicator has one member: nothing moves
-    and, as in the forward pass, no buffer is copied."""
-    if len(ops[op].members) == 1:
-        stats.counters.add(op, 0, 0)
-        return True
-    return False
 
 
 def _add(dst: np.ndarray, rows: np.ndarray, cols: np.ndarray, src: np.ndarray) -> None:
@@ -59,7 +50,7 @@ def gather_grad_output(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule]
     out_dt = dtypes.numpy_dtype(sched.spec.precision.output)
     op = "grad_output_allgather"
     with _phase(stats, sched.rank, op):
-        if _alone(ops, op, stats):
+        if alone(ops, op, stats):
             return np.ascontiguousarray(grad_y_local)
         send = np.ascontiguousarray(grad_y_local.transpose(1, 0, 2, 3))
         gathered = np.empty((z["k_blk"], z["b"], z["out_h"], z["out_w"]), out_dt)
@@ -110,7 +101,7 @@ def grad_input(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], grad_y
 
     op = "grad_input_reduce_scatter"
     with _phase(stats, sched.rank, op):
-        if _alone(ops, op, stats):
+        if alone(ops, op, stats):
             recv = plane
         else:
             recv = np.empty((z["c_own"], b, ur.size, uc.size), acc_dt)
@@ -138,7 +129,7 @@ def grad_filter(gc: GridComm, sched: Schedule, ops: dict[str, OpSchedule], x_win
         (kernel or wgrad_window)(x_win, grad_y, gw, spec.stride, spec.dilation, sched.offset)
     op = "grad_filter_reduce_scatter"
     with _phase(stats, sched.rank, op):
-        if _alone(ops, op, stats):
+        if alone(ops, op, stats):
             return gw
         recv = np.empty((z["k_f"], z["c_blk"], spec.R, spec.S), acc_dt)
         reduce_scatter(_fiber(gc, op), ops[op], gw, recv, stats.counters)

@@ -146,6 +146,15 @@ def _copy(dst: np.ndarray, d_rows, d_cols, src: np.ndarray, s_rows, s_cols,
         dst[:, :, di, dc] = piece.swapaxes(0, 1) if swap else piece
 
 
+def alone(ops: dict, op: str, stats: RankStats) -> bool:
+    """True (and (0, 0) counted) when ``op``'s communicator has one member: nothing moves
+    and no buffer is copied (forward and backward passes alike)."""
+    if len(ops[op].members) == 1:
+        stats.counters.add(op, 0, 0)
+        return True
+    return False
+
+
 def default_kernel():
     """The numba window kernel :func:`parconv.kernels.conv2d_window`."""
     from ..kernels import conv2d_window
@@ -354,10 +363,7 @@ class _Call:
         return self.gc.fibers[op]
 
     def _alone(self, op: str) -> bool:
-        if len(self.sched.ops[op].members) == 1:
-            self.stats.counters.add(op, 0, 0)
-            return True
-        return False
+        return alone(self.sched.ops, op, self.stats)
 
     def poll(self) -> None:
         """Test every pending collective once (MPICH progresses them only in MPI calls)."""

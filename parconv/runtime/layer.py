@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import dtypes
 from ..planner.adjoint import pass_operations
-from ..planner.partition import Grid
+from ..planner.partition import OPERATIONS, Grid
 from ..planner.schedule import build_schedule
 from ..spec import ConvSpec
 from .backward import gather_grad_output, grad_filter, grad_input
@@ -150,9 +150,9 @@ class DistributedConv2d:
         (:meth:`grad_input`, :meth:`grad_weight`)."""
         names = pass_operations("step")
         if pass_ == "forward":
-            names = names[:4]
+            names = OPERATIONS
         elif pass_ == "backward":
-            names = names[4:]
+            names = names[len(OPERATIONS):]
         elif pass_ != "step":
             names = pass_operations(pass_)
         return {op: (self.ops[op].recv_bytes, self.ops[op].send_bytes) for op in names}
