@@ -181,5 +181,10 @@ def test_api_timeout_ends_a_user_program(mode, tmp_path, warm_numba):
                          r"waiting for ranks \[1\]", err), err
     else:
         assert "ValueError: user code failed before the call" in err
-        assert re.search(r"rank [02]: timed out after 3 s in setup", err), err
+        # Rank 1 exits: MPICH (its launcher, or the library noticing the dead process)
+        # may end the survivors before their deadline does (seen about 1 run in 3, with
+        # and without hydra's -disable-auto-cleanup); either way the job ends, and a
+        # deadline report, when it comes first, names the set-up phase.
+        timed_out = re.findall(r"rank \d: timed out after [^\n]*", err)
+        assert all(re.match(r"rank [02]: timed out after 3 s in setup", t) for t in timed_out), err
     assert secs < 25
