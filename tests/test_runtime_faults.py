@@ -14,10 +14,10 @@ import textwrap
 import time
 
 import pytest
-from test_runtime_mpi import MPIEXEC, mpi_env, mpiexec, parconv_cli
+from test_runtime_mpi import MPIEXEC, mpi_env, mpiexec_aborting, parconv_cli
 
 from parconv.runtime.deadline import ArrivalBook, check_timeout
-from parconv.runtime.errors import RunInputError, fault_point
+from parconv.runtime.errors import ABORT_GRACE_S, RunInputError, abort_grace_seconds, fault_point
 
 # 3 ranks splitting the input channels: only the output reduce-scatter crosses ranks
 SMALL = ("--in-channels", "6", "--out-channels", "4", "--input", "8", "--kernel", "3",
@@ -71,6 +71,14 @@ def test_fault_point_kinds():
         fault_point("compute", 1, env | {"PARCONV_FAULT_KIND": "nap"})
 
 
+def test_abort_grace_seconds():
+    assert abort_grace_seconds({}) == ABORT_GRACE_S == 1.0
+    assert abort_grace_seconds({"PARCONV_ABORT_GRACE_S": "0"}) == 0.0
+    assert abort_grace_seconds({"PARCONV_ABORT_GRACE_S": "2.5"}) == 2.5
+    for bad in ("-1", "soon", "1e9", "nan"):
+        assert abort_grace_seconds({"PARCONV_ABORT_GRACE_S": bad}) == ABORT_GRACE_S
+
+
 def test_cli_rejects_a_bad_timeout_before_mpi():
     from parconv.cli import main
 
@@ -84,7 +92,7 @@ def test_cli_rejects_a_bad_timeout_before_mpi():
 def test_exception_prints_one_line_and_nothing_runs_after_the_abort(warm_numba):
     """Issue 9.1: MPI_Abort of the PyPI MPICH returns; the job used to go on and print a
     second, misleading error (UnboundLocalError and a traceback)."""
-    proc, secs = mpiexec(3, parconv_cli(*SMALL, "--quiet"), timeout=60,
+    proc, secs = mpiexec_aborting(3, parconv_cli(*SMALL, "--quiet"), timeout=60,
                          env=fault_env(1, "compute"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -98,7 +106,7 @@ def test_stopped_rank_with_timeout_names_operation_and_rank(warm_numba):
     """Issue 9.2: a rank stopped by SIGSTOP before its local convolution; the others
     wait in the output reduce-scatter until --timeout, then one of them aborts the job
     naming the operation and the stopped rank."""
-    proc, secs = mpiexec(3, parconv_cli(*SMALL, "--quiet", "--timeout", "3"), timeout=60,
+    proc, secs = mpiexec_aborting(3, parconv_cli(*SMALL, "--quiet", "--timeout", "3"), timeout=60,
                          env=fault_env(2, "compute", "stop"))
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
@@ -169,7 +177,7 @@ def test_api_timeout_ends_a_user_program(mode, tmp_path, warm_numba):
     script.write_text(USER_PROGRAM)
     env = {"hang": fault_env(1, "filter_allgather", "hang"),
            "backward": fault_env(1, "grad_input_halo", "hang")}.get(mode) or mpi_env()
-    proc, secs = mpiexec(3, [sys.executable, str(script), mode], timeout=60, env=env)
+    proc, secs = mpiexec_aborting(3, [sys.executable, str(script), mode], timeout=60, env=env)
     err = proc.stdout + proc.stderr
     assert proc.returncode != 0
     assert "finished" not in err

@@ -186,13 +186,35 @@ def corrupt_requested(rank: int, env=None) -> bool:
             and env.get("PARCONV_FAULT_RANK") == str(rank))
 
 
+#: Seconds between printing the abort message and ``MPI_Abort``. A rank's output reaches
+#: the user through the launcher (hydra's proxy, then ``mpiexec``); an abort handled
+#: before the pipes are drained drops what is still in them. Without this pause, hydra
+#: lost the whole output of two aborted jobs in one CI run on a loaded 2-core machine
+#: (our line and MPICH's own ``Abort(1) ...`` line alike).
+#: ``PARCONV_ABORT_GRACE_S`` overrides it (0 disables).
+ABORT_GRACE_S = 1.0
+
+
+def abort_grace_seconds(env=None) -> float:
+    """The pause before ``MPI_Abort`` (:data:`ABORT_GRACE_S`, or ``PARCONV_ABORT_GRACE_S``
+    when set to a number >= 0)."""
+    raw = (os.environ if env is None else env).get("PARCONV_ABORT_GRACE_S")
+    try:
+        value = float(raw) if raw is not None else ABORT_GRACE_S
+    except ValueError:
+        return ABORT_GRACE_S
+    return value if 0 <= value < 60 else ABORT_GRACE_S
+
+
 def abort_job(message: str, code: int = 1, comm=None) -> None:
     """Print ``message`` (one line, stderr), abort the whole MPI job and end this process.
 
-    ``MPI_Abort`` of ``comm`` (default ``MPI.COMM_WORLD``) asks the launcher to kill
-    every rank, but with some MPI builds (the PyPI MPICH) it returns to the caller; the
-    process then ends with ``os._exit(code)`` so that nothing after the abort runs (no
-    second error, no traceback, no ``finally`` blocks, no MPI_Finalize). Never returns.
+    The message is flushed, then the rank waits :func:`abort_grace_seconds` (1 s) so the
+    launcher can forward it before the abort tears the job down. ``MPI_Abort`` of
+    ``comm`` (default ``MPI.COMM_WORLD``) asks the launcher to kill every rank, but with
+    some MPI builds (the PyPI MPICH) it returns to the caller; the process then ends with
+    ``os._exit(code)`` so that nothing after the abort runs (no second error, no
+    traceback, no ``finally`` blocks, no MPI_Finalize). Never returns.
     """
     try:
         sys.stdout.flush()
@@ -201,6 +223,7 @@ def abort_job(message: str, code: int = 1, comm=None) -> None:
     try:
         sys.stderr.write(message.rstrip("\n") + "\n")
         sys.stderr.flush()
+        time.sleep(abort_grace_seconds())
     finally:
         try:
             if comm is None:
