@@ -57,6 +57,9 @@ def mpiexec_aborting(n: int, args: list[str], timeout: float = 60, env: dict | N
     if proc.returncode != 0 and not (proc.stdout + proc.stderr).strip():
         print(f"mpiexec -n {n}: exit {proc.returncode} with no output at all; relaunching once")
         proc, secs = mpiexec(n, args, timeout, env)
+        if proc.returncode != 0 and not (proc.stdout + proc.stderr).strip():
+            pytest.fail(f"mpiexec -n {n} {' '.join(args)}: exit {proc.returncode} with no "
+                        "output at all, twice")
     return proc, secs
 
 
