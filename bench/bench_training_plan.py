@@ -9,7 +9,8 @@ Per layer, pass and P:
   algorithm whether or not it keeps data between the passes) -- the quantity the bound
   bounds, never below 1; goal: geomean ≤ 1.25;
 * beside it, labelled, the received-only figure (busiest rank's received bytes ÷ the
-  same bound): a grid-family figure, not a bound ratio;
+  busiest-processor lemma, the bound without its averaging part): a grid-family
+  figure, not a bound ratio;
 * step only: the ``separate`` bound against the sum over the three passes (each alone on
   the step's grid) of the busiest rank's bytes;
 * best fixed strategy ÷ planned on the same quantity, naming data-parallel training
@@ -141,10 +142,12 @@ def write_markdown(res: dict, path: Path) -> None:
         "* **recv+send / bound**: the planned busiest rank's received + sent bytes ÷ the "
         "memory-independent bound of the pass (step: the `keep` bound, valid for any "
         "algorithm on the busiest rank's step total). The bound bounds exactly this quantity, "
-        "so it is never below 1.",
-        "* **recv / bound (grid family)**: received bytes only ÷ the same bound -- not a "
-        "bound ratio (relaying schedules receive less), shown for comparison with the "
-        "forward figures of `plan.md`.",
+        "so it is never below 1. It is the larger of the busiest-processor lemma and the "
+        "averaging bound (every received byte is sent by some rank, so the ranks' average "
+        "received + sent is at least twice what they must obtain; docs/theory.md §5).",
+        "* **recv / bound (grid family)**: received bytes only ÷ the busiest-processor lemma "
+        "-- not a bound ratio (relaying schedules receive less), shown for comparison with "
+        "the forward figures of `plan.md`.",
         "* **separate**: step only -- the sum over forward, dgrad, wgrad (each run alone on "
         "the step's grid) of each pass's busiest rank ÷ the `separate` bound (passes run one "
         "after another with nothing kept).",

@@ -43,7 +43,7 @@ __all__ = [
     "Bound", "max_iterations", "vstar", "compulsory_bits", "sequential_bound",
     "parallel_memory_dependent_bound", "parallel_memory_independent_bound",
     "min_footprint_cost", "waterfill", "owned_bits", "real_iterations", "pass_bounds",
-    "step_bounds", "step_compulsory_bits", "step_owned_bits",
+    "step_bounds", "step_compulsory_bits", "step_owned_bits", "traffic_average_bound",
 ]
 
 #: Relative margin by which the numerically minimised footprint cost is shrunk (so it is a
@@ -53,6 +53,8 @@ SAFETY = 1e-9
 #: are exact but computed in floating point, and real executions meet them exactly (1x1
 #: layers on cube grids), so a last-ulp rounding up must not put the bound above them.
 ROUNDING = 1e-14
+#: Binding name of the averaging bound (:func:`traffic_average_bound`).
+AVERAGE = "average: every received bit is sent"
 _GRID = 17      # points per zoom round of the 1-D convex search
 _ROUNDS = 16    # zoom rounds: the bracket shrinks by (GRID-1)/2 = 8 per round
 
@@ -415,7 +417,13 @@ def waterfill(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> dict:
     """
     p = _check_procs(procs)
     c = counts(spec, pass_)
-    g = c.g_real / p
+    return _waterfill_at(c, c.g_real / p)
+
+
+def _waterfill_at(c: Counts, g: float) -> dict:
+    """:func:`waterfill` for ``g`` iterations on one processor: the exact minimum of
+    ``y_I + y_F + y_O`` subject to the (I2) floors ``y_j >= c_j`` (linear in ``g``) and
+    the (I1) product ``y_I·y_F·y_O >= p_I·p_F·p_O·g²/ρ``."""
     if g <= 0:
         return {"y_I": 0.0, "y_F": 0.0, "y_O": 0.0, "c_I": 0.0, "c_F": 0.0, "c_O": 0.0,
                 "lambda": 0.0, "regime": "3D", "total": 0.0}
@@ -437,6 +445,57 @@ def waterfill(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> dict:
             "regime": ("3D", "2D", "1D")[nbind], "total": y["I"] + y["F"] + y["O"]}
 
 
+def traffic_average_bound(c: Counts, procs: int, owned: float) -> tuple[float, float]:
+    """The averaging bound on the busiest processor's received + sent bits (docs/theory.md
+    §5, "Sharper: every received bit is sent"), for ``procs`` processors each owning at
+    most ``owned`` bits of the pass's arrays.
+
+    With ``h(g)`` the water-filling footprint of ``g`` iterations (:func:`_waterfill_at`,
+    ``h(g)/g`` non-increasing) and ``g*`` the most iterations one processor performs:
+    the busiest processor moves at least ``A(g*) = h(g*) − owned``, and, since every bit
+    one processor receives another sends, the average processor moves at least
+    ``C(g*) = 2·(G/P)·h(g*)/g* − 2·owned``. ``A`` rises and ``C`` falls with ``g*`` in
+    ``[G/P, G]``, so ``min over g* of max(A, C)`` bounds every execution; it is found by
+    bisection and returned as ``A(lo)`` for the last ``lo`` with ``A(lo) <= C(lo)``
+    (never above the minimum).
+
+    Returns
+    -------
+    (bits, g_ratio)
+        The bound (bits, may be <= 0) and ``lo / (G/P)``, the busiest processor's work
+        relative to the average at the minimum (1.0 when ``A >= C`` already at ``G/P``).
+    """
+    p = _check_procs(procs)
+    G = c.g_real
+    if G <= 0 or p == 1:
+        return 0.0, 1.0
+    g0 = G / p
+
+    def h(g: float) -> float:
+        return _waterfill_at(c, g)["total"] * (1.0 - ROUNDING)
+
+    def a(g: float) -> float:
+        return h(g) - owned
+
+    def avg(g: float) -> float:
+        return 2.0 * g0 * h(g) / g - 2.0 * owned
+
+    if a(g0) >= avg(g0):
+        return a(g0), 1.0
+    lo, hi = g0, float(G)
+    if a(hi) <= avg(hi):
+        return a(hi), hi / g0
+    for _ in range(200):
+        mid = math.sqrt(lo * hi)
+        if not lo < mid < hi:
+            break
+        if a(mid) <= avg(mid):
+            lo = mid
+        else:
+            hi = mid
+    return a(lo), lo / g0
+
+
 def owned_bits(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> float:
     """The most one processor owns under an even initial/final distribution:
     ``p_I·⌈|In|/P⌉ + p_F·⌈|F|/P⌉ + p_O·⌈|Out|/P⌉`` (full arrays: the conservative share)."""
@@ -453,10 +512,15 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int, *,
     minimum footprint cost, of which it owns at most :func:`owned_bits`; the rest it must
     receive (inputs, filters) or send (output contributions).
 
-    ``bits = max(water-filling total, full solver) − owned``: the closed-form
+    The lemma: ``max(water-filling total, full solver) − owned``: the closed-form
     water-filling uses (I1)+(I2) only; the full solver adds (I3) and the box limits
-    (i <= |In_used|, ...), so it is >= the water-filling and also valid.
-    ``details`` has ``y_I, y_F, y_O`` (bits), ``lambda``, ``regime``, ``owned_bits``.
+    (i <= |In_used|, ...), so it is >= the water-filling and also valid. ``bits`` is the
+    larger of the lemma and :func:`traffic_average_bound` (every bit received is sent, so
+    the average processor moves twice what all processors must receive; binding
+    :data:`AVERAGE` when it wins). Both bound the busiest processor's received + sent
+    bits, not its received bits alone.
+    ``details`` has ``y_I, y_F, y_O`` (bits), ``lambda``, ``regime``, ``owned_bits``,
+    ``lemma_bits``, ``average_bits`` and ``average_busiest_work_ratio``.
     ``pass_`` selects the training pass (``I, F, O`` are then the projections).
 
     Raises
@@ -477,14 +541,22 @@ def parallel_memory_independent_bound(spec: ConvSpec, procs: int, *,
     need_w = _min_sum_for_product(c.p_in * c.p_filter * c.p_out * gw * gw, _caps_bits(c)) \
         if gw > 0 else 0.0
     need = max(wf["total"] * (1.0 - ROUNDING), full, need_w * (1.0 - ROUNDING))
-    bits = need - owned
+    lemma = need - owned
+    average, g_ratio = traffic_average_bound(c, p, owned)
+    bits = max(lemma, average)
     binding = wf["regime"]
     if need_w > max(wf["total"], full) * (1 + 1e-6):
         binding = I1W                       # details["regime"] keeps the water-filling regime
     elif full > wf["total"] * (1 + 1e-6):
         binding += " + box/I3 limits"
+    lemma_binding = binding
+    if average > lemma:
+        binding = f"{AVERAGE} (lemma: {lemma_binding})"
     details = dict(wf)
     details.update({"procs": p, "iterations_per_proc": g, "owned_bits": owned,
+                    "lemma_bits": lemma, "lemma_binding": lemma_binding,
+                    "average_bits": average,
+                    "average_busiest_work_ratio": g_ratio,
                     "waterfill_bits": wf["total"], "full_solver_bits": full,
                     "stride_class_bits": need_w, "weighted_work_per_proc": gw,
                     "footprint": {"I": float(i[0]), "F": float(f[0]), "O": float(o[0])},
@@ -732,8 +804,11 @@ def _step_independent_keep(spec: ConvSpec, p: int, per: dict[str, Bound], factor
     key, bits = max(cand.items(), key=lambda kv: kv[1])
     if key == "union":
         key = f"union ({uname})"
+    # the busiest-processor lemma alone (no averaging): the received-only figure's yardstick
+    lemma = max([per[j].details.get("lemma_bits", per[j].bits) for j in per] + [cand["union"]])
     return Bound(bits, key, bits <= 0, {"class": "keep", "candidates_bits": cand,
-                                        "union_footprint_bits": need, "step_owned_bits": owned})
+                                        "union_footprint_bits": need, "step_owned_bits": owned,
+                                        "lemma_bits": lemma})
 
 
 def step_memory_independent_bounds(spec: ConvSpec, procs: int) -> dict[str, Bound]:

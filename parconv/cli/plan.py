@@ -143,8 +143,10 @@ def run(args: argparse.Namespace) -> int:
                  else "memory-independent bound")
         print(f"{label}  {_b(pl.lower_bound_bytes)}  (binding: {pl.bound.get('binding')})")
         print(f"  busiest rank's recv + send = {pl.ratio_to_bound:.3f}x the bound")
-        print(f"  received only: {pl.recv_ratio_grid_family:.3f}x (grid-family figure, not a "
-              "bound ratio: relaying schedules receive less; docs/theory.md §5)")
+        if pl.recv_ratio_grid_family is not None:
+            print(f"  received only: {pl.recv_ratio_grid_family:.3f}x the busiest-processor "
+                  f"lemma {_b(pl.lemma_bound_bytes)} (grid-family figure, not a bound ratio: "
+                  "relaying schedules receive less; docs/theory.md §5)")
     else:
         print(f"memory-independent bound  vacuous at P={pl.procs} ({pl.bound.get('bytes', 0):.4g} B)")
     sep = pl.bound.get("separate")

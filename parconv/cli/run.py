@@ -524,7 +524,9 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
         "measured_max_rank_traffic_bytes": max_traffic,
         # the bound bounds the busiest rank's received + sent bytes (docs/theory.md §5)
         "ratio_to_bound": (max_traffic / lb) if lb else None,
-        "recv_ratio_grid_family": (max_recv / lb) if lb else None,
+        "lemma_bound_bytes": the_plan.lemma_bound_bytes,
+        "recv_ratio_grid_family": (max_recv / the_plan.lemma_bound_bytes
+                                   if the_plan.lemma_bound_bytes else None),
         "measured_equals_planned": match,
         "planned_max_rank_memory_bytes": the_plan.max_rank_memory_bytes,
         "memory_limit": limit.as_dict(),
@@ -566,8 +568,10 @@ def _report(args, spec, the_plan, source, entries, verdict, limit: MemoryLimit) 
     ratio = f", {max_traffic / lb:.3f}x the bound" if lb else ""
     print(f"max recv + send per rank: {format_bytes(max_traffic)} ({max_traffic} B){ratio}; "
           f"lower bound {lbt}")
-    recv_ratio = (f", {max_recv / lb:.3f}x the bound received only (grid-family figure, not a "
-                  "bound ratio: relaying schedules receive less)") if lb else ""
+    lemma = the_plan.lemma_bound_bytes
+    recv_ratio = (f", {max_recv / lemma:.3f}x the busiest-processor lemma received only "
+                  "(grid-family figure, not a bound ratio: relaying schedules receive less)"
+                  ) if lemma else ""
     print(f"max recv per rank: {format_bytes(max_recv)} ({max_recv} B){recv_ratio}")
     print(f"measured bytes equal planned bytes on every rank: {'yes' if match else 'NO'}")
     if args.pass_ == "forward":

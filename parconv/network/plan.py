@@ -65,11 +65,14 @@ FREE = ("free",)
 
 
 @lru_cache(maxsize=512)
-def _bound_bytes(spec: ConvSpec, procs: int) -> float:
+def _bound_bytes(spec: ConvSpec, procs: int) -> tuple[float, float]:
+    """(the layer's memory-independent bound, its busiest-processor lemma alone), bytes,
+    0 when vacuous."""
     from ..bounds import parallel_memory_independent_bound
 
     b = parallel_memory_independent_bound(spec, procs)
-    return 0.0 if b.vacuous or b.bytes <= 0 else float(b.bytes)
+    lemma = float(b.details.get("lemma_bits", b.bits)) / 8.0
+    return (0.0 if b.vacuous or b.bytes <= 0 else float(b.bytes)), max(lemma, 0.0)
 
 
 @dataclass
@@ -81,7 +84,8 @@ class LayerPlan:
     name, the move from the producer's layout to ``in_layouts`` (absent when they agree);
     ``step``: the layer's own per-rank bytes; ``layer_bytes`` / ``redistribution_bytes``:
     busiest rank's received + sent bytes of the layer and of its redistributions;
-    ``bound_bytes``: the layer's lower bound (0 for non-convolutions).
+    ``bound_bytes``: the layer's lower bound (0 for non-convolutions); ``lemma_bytes``:
+    its busiest-processor lemma alone (the yardstick of the received-only figure).
     """
 
     name: str
@@ -97,6 +101,7 @@ class LayerPlan:
     layer_bytes: int
     redistribution_bytes: int
     bound_bytes: float
+    lemma_bytes: float = 0.0
 
     @property
     def total_bytes(self) -> int:
@@ -158,6 +163,11 @@ class NetworkPlan:
         return sum(lp.bound_bytes for lp in self.layers)
 
     @property
+    def lemma_bytes(self) -> float:
+        """Σ per-layer busiest-processor lemmas (the received-only figure's yardstick)."""
+        return sum(lp.lemma_bytes for lp in self.layers)
+
+    @property
     def ratio_to_bound(self) -> float | None:
         """total_bytes / bound_bytes (received + sent against the bound of that quantity)."""
         return self.total_bytes / self.bound_bytes if self.bound_bytes > 0 else None
@@ -181,8 +191,9 @@ class NetworkPlan:
             "redistribution_bytes": self.redistribution_bytes,
             "bound_bytes": self.bound_bytes, "ratio_to_bound": self.ratio_to_bound,
             "recv_bytes": self.recv_bytes,
-            "recv_ratio_grid_family": (self.recv_bytes / self.bound_bytes
-                                       if self.bound_bytes > 0 else None),
+            "lemma_bytes": self.lemma_bytes,
+            "recv_ratio_grid_family": (self.recv_bytes / self.lemma_bytes
+                                       if self.lemma_bytes > 0 else None),
             "baselines": self.baselines, "candidates": self.candidates, "search": self.search,
             "seconds": self.seconds, "layers": [lp.to_dict() for lp in self.layers],
         }
@@ -421,11 +432,13 @@ class _Planner:
                     redists[x] = r
                 in_lays.append(self.layout(t))
             keys[name] = out_key
-            bound = _bound_bytes(canonical(spec), self.procs) if spec is not None else 0.0
+            bound, lemma = (_bound_bytes(canonical(spec), self.procs) if spec is not None
+                            else (0.0, 0.0))
             out.append(LayerPlan(name, node.op, node.inputs, shape, pl, spec, tuple(in_lays),
                                  self.layout(out_key), redists, step,
                                  step.max_rank_traffic_bytes,
-                                 sum(r.max_rank_traffic_bytes for r in redists.values()), bound))
+                                 sum(r.max_rank_traffic_bytes for r in redists.values()), bound,
+                                 lemma))
         return out
 
 

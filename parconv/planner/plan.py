@@ -663,18 +663,26 @@ class Plan:
         return self.max_rank_traffic_bytes / self.lower_bound_bytes
 
     @property
-    def recv_ratio_grid_family(self) -> float | None:
-        """Busiest rank's *received* bytes ÷ the bound: a figure for the grid family only.
+    def lemma_bound_bytes(self) -> float | None:
+        """The busiest-processor lemma alone (``lower_bound_bytes`` without the averaging
+        bound, docs/theory.md §5), None when vacuous: the yardstick of
+        :attr:`recv_ratio_grid_family`."""
+        lemma = self.bound.get("lemma_bytes")
+        return float(lemma) if lemma is not None and lemma > 0 else None
 
-        The bound does not bound received bytes alone for every execution (a schedule
+    @property
+    def recv_ratio_grid_family(self) -> float | None:
+        """Busiest rank's *received* bytes ÷ the busiest-processor lemma
+        (:attr:`lemma_bound_bytes`): a figure for the grid family only.
+
+        The lemma does not bound received bytes alone for every execution (a schedule
         relaying partial sums through idle ranks receives less); the grid algorithm
         receives every input and filter element it uses but does not own, and its
         reduce-scatter receives as much as it sends on even splits, so for it the figure
         is comparable (never below 1 on the grids tried; docs/theory.md §5).
         """
-        if not self.lower_bound_bytes:
-            return None
-        return self.max_rank_recv_bytes / self.lower_bound_bytes
+        lemma = self.lemma_bound_bytes
+        return self.max_rank_recv_bytes / lemma if lemma else None
 
     @cached_property
     def _arrays(self) -> dict[str, np.ndarray]:
@@ -773,6 +781,7 @@ class Plan:
             "lower_bound_bytes": self.lower_bound_bytes,
             "max_rank_traffic_bytes": self.max_rank_traffic_bytes,
             "ratio_to_bound": self.ratio_to_bound,
+            "lemma_bound_bytes": self.lemma_bound_bytes,
             "recv_ratio_grid_family": self.recv_ratio_grid_family,
             "bound": self.bound,
             "search": self.search,
@@ -798,7 +807,8 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     procs = grid.size
     if pass_ != "step":
         bd = parallel_memory_independent_bound(spec, procs, pass_=pass_)
-        info = {"bytes": float(bd.bytes), "binding": bd.binding, "vacuous": bool(bd.vacuous)}
+        info = {"bytes": float(bd.bytes), "binding": bd.binding, "vacuous": bool(bd.vacuous),
+                "lemma_bytes": float(bd.details.get("lemma_bits", bd.bits)) / 8.0}
         return (None if bd.vacuous or bd.bytes <= 0 else float(bd.bytes)), info
     if procs == 1:
         return None, {"bytes": 0.0, "binding": "one processor moves nothing", "vacuous": True,
@@ -808,7 +818,7 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     parts = {j: max_rank_traffic_bytes(spec, grid, j) for j in ("forward", "dgrad", "wgrad")}
     total = sum(parts.values())
     info = {"bytes": float(keep.bytes), "binding": keep.binding, "vacuous": bool(keep.vacuous),
-            "class": "keep",
+            "class": "keep", "lemma_bytes": float(keep.details["lemma_bits"]) / 8.0,
             "separate": {"bytes": float(sep.bytes), "binding": sep.binding,
                          "vacuous": bool(sep.vacuous), "per_pass_max_rank_traffic_bytes": parts,
                          "separate_sum_bytes": total,
