@@ -124,6 +124,7 @@ class LayerPlan:
             "redistributions": {k: r.to_dict() for k, r in self.redistributions.items()},
             "layer_bytes": self.layer_bytes, "redistribution_bytes": self.redistribution_bytes,
             "recv_bytes": self.recv_bytes, "bound_bytes": self.bound_bytes,
+            "lemma_bytes": self.lemma_bytes,
         }
 
 
