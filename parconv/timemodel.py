@@ -472,19 +472,14 @@ def fiber_geometry(grid: Grid, keep, ranks_per_node: int) -> tuple[np.ndarray, n
 def _class_schedules(spec: ConvSpec, grid: Grid):
     """(representative schedules, class of each rank): one
     :func:`~parconv.planner.schedule.build_schedule` per block class
-    ``(|b-block|, |k-block|, |c-block|, i_h, i_w)`` (as :mod:`parconv.planner.simulate`, whose
-    derivation of members and positions from the grid is checked there)."""
+    (:func:`parconv.planner.simulate.block_classes`, whose derivation of members and
+    positions from the grid is checked there)."""
     from .planner import schedule as sched_mod
-    from .planner.partition import block_sizes
+    from .planner.simulate import block_classes
 
-    P = grid.size
-    coords = np.stack(np.unravel_index(np.arange(P), grid.dims), axis=1)
-    sizes = [block_sizes(n, p)[coords[:, i]] for i, (n, p) in
-             enumerate(((spec.B, grid.b), (spec.K, grid.k), (spec.C, grid.c)))]
-    keys = np.stack(sizes + [coords[:, 3], coords[:, 4]], axis=1)
-    _, rep, cls = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    rep, cls = block_classes(spec, grid)
     reps = [sched_mod.build_schedule(spec, grid, int(r)) for r in rep]
-    return reps, cls.ravel()
+    return reps, cls
 
 
 def _pack_bytes(s, spec: ConvSpec) -> dict[str, int]:

@@ -182,6 +182,22 @@ def _op_bytes(o, total: int, total_send: int) -> tuple[int, int]:
     return o.itemsize * (total - own), o.itemsize * (total_send - o.send_counts[o.index])
 
 
+def block_classes(spec: ConvSpec, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """Group the ranks by *block class* ``(|b-block|, |k-block|, |c-block|, i_h, i_w)``.
+
+    Returns ``(rep_rank, rank_class)``: the lowest rank of each class, and each rank's
+    class index. Ranks of one class have the same element counts in every operation
+    (:func:`_schedules_by_class`)."""
+    from .partition import block_sizes
+
+    coords = np.stack(np.unravel_index(np.arange(grid.size), grid.dims), axis=1)
+    sizes = [block_sizes(n, p)[coords[:, i]] for i, (n, p) in
+             enumerate(((spec.B, grid.b), (spec.K, grid.k), (spec.C, grid.c)))]
+    keys = np.stack(sizes + [coords[:, 3], coords[:, 4]], axis=1)
+    _, rep_rank, rank_class = np.unique(keys, axis=0, return_index=True, return_inverse=True)
+    return rep_rank, rank_class.ravel()
+
+
 def _schedules_by_class(spec: ConvSpec, grid: Grid, progress, mismatches: list[str]):
     """Every rank's schedule, building one per *block class* and deriving the others.
 
@@ -195,15 +211,9 @@ def _schedules_by_class(spec: ConvSpec, grid: Grid, progress, mismatches: list[s
     from types import SimpleNamespace
 
     from . import schedule as sched_mod
-    from .partition import block_sizes
 
     P = grid.size
-    coords = np.stack(np.unravel_index(np.arange(P), grid.dims), axis=1)
-    sizes = [block_sizes(n, p)[coords[:, i]] for i, (n, p) in
-             enumerate(((spec.B, grid.b), (spec.K, grid.k), (spec.C, grid.c)))]
-    keys = np.stack(sizes + [coords[:, 3], coords[:, 4]], axis=1)
-    _, rep_rank, rank_class = np.unique(keys, axis=0, return_index=True, return_inverse=True)
-    rank_class = rank_class.ravel()
+    rep_rank, rank_class = block_classes(spec, grid)
     reps = {}
     for c, r in enumerate(rep_rank.tolist()):
         reps[c] = sched_mod.build_schedule(spec, grid, r)
