@@ -471,29 +471,28 @@ def traffic_average_bound(c: Counts, procs: int, owned: float) -> tuple[float, f
         return 0.0, 1.0
     g0 = G / p
 
-    def h(g: float) -> float:
-        return _waterfill_at(c, g)["total"] * (1.0 - ROUNDING)
+    def a_and_c(g: float) -> tuple[float, float]:
+        h = _waterfill_at(c, g)["total"] * (1.0 - ROUNDING)
+        return h - owned, 2.0 * g0 * h / g - 2.0 * owned
 
-    def a(g: float) -> float:
-        return h(g) - owned
-
-    def avg(g: float) -> float:
-        return 2.0 * g0 * h(g) / g - 2.0 * owned
-
-    if a(g0) >= avg(g0):
-        return a(g0), 1.0
+    a, avg = a_and_c(g0)
+    if a >= avg:
+        return a, 1.0
     lo, hi = g0, float(G)
-    if a(hi) <= avg(hi):
-        return a(hi), hi / g0
+    a_hi, avg_hi = a_and_c(hi)
+    if a_hi <= avg_hi:
+        return a_hi, hi / g0
+    a_lo = a
     for _ in range(200):
         mid = math.sqrt(lo * hi)
         if not lo < mid < hi:
             break
-        if a(mid) <= avg(mid):
-            lo = mid
+        a_mid, avg_mid = a_and_c(mid)
+        if a_mid <= avg_mid:
+            lo, a_lo = mid, a_mid
         else:
             hi = mid
-    return a(lo), lo / g0
+    return a_lo, lo / g0
 
 
 def owned_bits(spec: ConvSpec, procs: int, *, pass_: str = "forward") -> float:
@@ -805,7 +804,7 @@ def _step_independent_keep(spec: ConvSpec, p: int, per: dict[str, Bound], factor
     if key == "union":
         key = f"union ({uname})"
     # the busiest-processor lemma alone (no averaging): the received-only figure's yardstick
-    lemma = max([per[j].details.get("lemma_bits", per[j].bits) for j in per] + [cand["union"]])
+    lemma = max([per[j].details["lemma_bits"] for j in per] + [cand["union"]])
     return Bound(bits, key, bits <= 0, {"class": "keep", "candidates_bits": cand,
                                         "union_footprint_bits": need, "step_owned_bits": owned,
                                         "lemma_bits": lemma})

@@ -71,7 +71,7 @@ def _bound_bytes(spec: ConvSpec, procs: int) -> tuple[float, float]:
     from ..bounds import parallel_memory_independent_bound
 
     b = parallel_memory_independent_bound(spec, procs)
-    lemma = float(b.details.get("lemma_bits", b.bits)) / 8.0
+    lemma = float(b.details["lemma_bits"]) / 8.0
     return (0.0 if b.vacuous or b.bytes <= 0 else float(b.bytes)), max(lemma, 0.0)
 
 

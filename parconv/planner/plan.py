@@ -808,7 +808,7 @@ def _bound_info(spec: ConvSpec, grid: Grid, pass_: str = "forward",
     if pass_ != "step":
         bd = parallel_memory_independent_bound(spec, procs, pass_=pass_)
         info = {"bytes": float(bd.bytes), "binding": bd.binding, "vacuous": bool(bd.vacuous),
-                "lemma_bytes": float(bd.details.get("lemma_bits", bd.bits)) / 8.0}
+                "lemma_bytes": float(bd.details["lemma_bits"]) / 8.0}
         return (None if bd.vacuous or bd.bytes <= 0 else float(bd.bytes)), info
     if procs == 1:
         return None, {"bytes": 0.0, "binding": "one processor moves nothing", "vacuous": True,
